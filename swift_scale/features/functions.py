@@ -1,0 +1,57 @@
+"""Per-example features from a model's outputs. Pure tensor functions: any device, any batch size.
+
+Classification (DESIGN §1), from logits z [B, C] and labels y [B], p = softmax(z):
+
+- ``loss``             = −log p_y
+- ``renormed_entropy`` = −Σ_{j≠y} q_j log q_j / log(C−1), q_j = p_j / (1 − p_y): the entropy of the
+  prediction with the target class removed and the rest renormalised, in [0, 1]. For C = 2 only one class is
+  left, so it is defined as 0.
+- ``grad_proxy``       = ‖p − onehot(y)‖₂, the norm of the loss gradient w.r.t. the logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["CLASSIFICATION_FEATURES", "classification_features"]
+
+#: Column order of :func:`classification_features` and of the feature store for classification tasks.
+CLASSIFICATION_FEATURES: tuple[str, ...] = ("loss", "renormed_entropy", "grad_proxy")
+
+
+@torch.no_grad()
+def classification_features(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Features of each example, float32 [B, 3] in the order of :data:`CLASSIFICATION_FEATURES`.
+
+    Args:
+        logits: [B, C] raw scores (any float dtype; computed in float32).
+        labels: [B] integer class ids in [0, C).
+
+    Stable for p_y → 1 and p_y → 0 (log-space throughout; no NaN or inf for finite logits).
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [B, C], got shape {tuple(logits.shape)}")
+    z = logits.float()
+    y = labels.long().view(-1, 1)
+    num_classes = z.shape[1]
+    if num_classes < 2:
+        raise ValueError("classification features need at least 2 classes")
+    logp = torch.log_softmax(z, dim=1)
+    loss = -logp.gather(1, y).squeeze(1)
+
+    if num_classes == 2:
+        renormed = torch.zeros_like(loss)
+    else:
+        # Removing the target class and renormalising is a softmax over the other logits.
+        masked = z.scatter(1, y, float("-inf"))
+        logq = torch.log_softmax(masked, dim=1)
+        q = logq.exp()
+        plogq = torch.where(q > 0, q * logq, torch.zeros_like(q))
+        renormed = (-plogq.sum(1) / math.log(num_classes - 1)).clamp_(0.0, 1.0)
+
+    p = logp.exp()
+    diff = p.scatter_add(1, y, -torch.ones_like(loss).unsqueeze(1))
+    grad = diff.norm(dim=1)
+    return torch.stack([loss, renormed, grad], dim=1)

@@ -1,0 +1,267 @@
+"""SwiftSampler: τ(x) = φ(T(s(x))), a sampling weight from per-example features with 10 parameters.
+
+- CDF transform: each raw feature f_n → F_n(f_n) ∈ [0, 1] through its empirical quantile table.
+- Aggregation: s = Σ_n w_n F_n with w ∈ [−1, 1]², rescaled to [0, 1] by its exact bounds
+  (Σ min(w_n, 0), Σ max(w_n, 0)); all-zero w gives a constant s.
+- T: ``cgf`` (default) maps s to the fraction of the training set's gradient mass (Σ grad_proxy) at scores
+  ≤ s, so equal lengths of T hold equal gradient mass; fitted once per sampler from a 4096-bin histogram, O(N).
+  ``cdf`` is the identity (ablation).
+- φ: piecewise linear on [0, 1] with knots 0 = e0 < e1 < e2 < e3 < e4 = 1 and values v0..v4 ≥ 0.
+
+θ ∈ [0, 1]^10 ↔ (e1, e2, e3, v0..v4, w1, w2) is a fixed bijection (:func:`theta_to_params`):
+
+- knots by stick-breaking: e1 = 1 − (1 − θ0)^(1/3), e2 = e1 + (1 − e1)(1 − (1 − θ1)^(1/2)),
+  e3 = e2 + (1 − e2)θ2 — uniform θ0..2 give the order statistics of 3 uniforms. A gap of δ = 1e-4 is then
+  added between knots (e_i ← δ·i + (1 − 4δ)·e_i), so every θ, corners included, gives strictly increasing knots.
+  θ0..2 are clamped to [ε, 1 − ε] (ε = 1e-7) first: on the open cube this is exactly invertible, and the
+  faces map to their limits (a stick used up entirely would make later coordinates meaningless).
+- values v_i = θ_{3+i} ∈ [0, 1] (scale does not matter: probabilities are normalised);
+- weights w_n = 2θ_{8+n} − 1 ∈ [−1, 1].
+
+Uniform sampling is the point :data:`UNIFORM_THETA` (all values 1: φ constant).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from swift_scale.io import atomic_write_json
+
+__all__ = ["SwiftSampler", "UNIFORM_THETA", "theta_to_params", "params_to_theta", "NUM_PARAMS"]
+
+NUM_PARAMS = 10
+_DELTA = 1e-4
+_EPS = 1e-7  # knot coordinates are clamped to [ε, 1 − ε] so every stick keeps a length
+_GAP = np.array([1.0, 2.0, 3.0]) * _DELTA
+CGF_BINS = 4096
+SAMPLER_FORMAT = "swift_scale.sampler"
+SAMPLER_VERSION = 1
+
+# Knots at 1/4, 1/2, 3/4 (before the δ gap), all values 1, zero weights.
+UNIFORM_THETA = np.array([1 - 0.75**3, 1 - (2 / 3) ** 2, 0.5, 1, 1, 1, 1, 1, 0.5, 0.5], dtype=np.float64)
+
+
+def theta_to_params(theta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """θ [10] in [0,1] → (knots [5] with e0=0, e4=1, strictly increasing; values [5] ≥ 0; weights [2])."""
+    t = np.asarray(theta, dtype=np.float64)
+    if t.shape != (NUM_PARAMS,):
+        raise ValueError(f"theta must have {NUM_PARAMS} entries, got shape {t.shape}")
+    if not np.all(np.isfinite(t)) or t.min() < 0 or t.max() > 1:
+        raise ValueError(f"theta must lie in [0, 1]^10, got {t.tolist()}")
+    a, b, c = np.clip(t[:3], _EPS, 1 - _EPS)
+    e1 = 1 - (1 - a) ** (1 / 3)
+    e2 = e1 + (1 - e1) * (1 - (1 - b) ** 0.5)
+    e3 = e2 + (1 - e2) * c
+    inner = np.array([e1, e2, e3]) * (1 - 4 * _DELTA) + _GAP
+    knots = np.concatenate([[0.0], inner, [1.0]])
+    return knots, t[3:8].copy(), 2 * t[8:10] - 1
+
+
+def params_to_theta(knots, values, weights) -> np.ndarray:
+    """Inverse of :func:`theta_to_params` (exact up to float rounding)."""
+    knots, values, weights = (np.asarray(x, dtype=np.float64) for x in (knots, values, weights))
+    e1, e2, e3 = np.clip((knots[1:4] - _GAP) / (1 - 4 * _DELTA), 0.0, 1.0)
+    a = 1 - (1 - e1) ** 3
+    b = 1 - (1 - (e2 - e1) / (1 - e1)) ** 2 if e1 < 1 else 0.0
+    c = (e3 - e2) / (1 - e2) if e2 < 1 else 0.0
+    theta = np.concatenate([[a, b, c], values, (weights + 1) / 2])
+    theta[:3] = np.where(np.abs(theta[:3] - _EPS) < 1e-12, 0.0, theta[:3])
+    theta[:3] = np.where(np.abs(theta[:3] - (1 - _EPS)) < 1e-12, 1.0, theta[:3])
+    return np.clip(theta, 0.0, 1.0)
+
+
+def _cdf(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Empirical CDF through a quantile table (table[k] = quantile at k/(K-1)), float32 output."""
+    grid = np.linspace(0.0, 1.0, len(table))
+    return np.interp(values, table, grid).astype(np.float32, copy=False)
+
+
+@dataclass
+class SwiftSampler:
+    """A learned sampler. Build with :meth:`from_theta`; :meth:`fit` the cgf table on the training features.
+
+    Args:
+        theta: [10] parameters in [0, 1].
+        feature_names: the two aggregated features, e.g. ("loss", "renormed_entropy").
+        quantiles: per feature name, its quantile table (float64 [K]) on the training set.
+        transform: "cgf" (gradient-mass CDF over s) or "cdf" (identity, for the ablation).
+        grad_feature: the feature holding the gradient-norm proxy (used only by cgf).
+        cgf_table: [CGF_BINS + 1] cumulative gradient mass at uniform s-bin edges; set by :meth:`fit`.
+    """
+
+    theta: np.ndarray
+    feature_names: tuple[str, ...]
+    quantiles: dict[str, np.ndarray]
+    transform: Literal["cgf", "cdf"] = "cgf"
+    grad_feature: str = "grad_proxy"
+    cgf_table: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.theta = np.asarray(self.theta, dtype=np.float64)
+        self.knots, self.values, self.weights = theta_to_params(self.theta)
+        self.feature_names = tuple(self.feature_names)
+        if len(self.feature_names) != len(self.weights):
+            raise ValueError(f"need {len(self.weights)} aggregated features, got {self.feature_names}")
+        if self.transform not in ("cgf", "cdf"):
+            raise ValueError(f"transform must be 'cgf' or 'cdf', got {self.transform!r}")
+        missing = [n for n in self.feature_names if n not in self.quantiles]
+        if missing:
+            raise ValueError(f"no quantile table for features {missing}")
+        self.quantiles = {k: np.asarray(v, dtype=np.float64) for k, v in self.quantiles.items()}
+        if self.cgf_table is not None:
+            self.cgf_table = np.asarray(self.cgf_table, dtype=np.float64)
+            if self.cgf_table.shape != (CGF_BINS + 1,):
+                raise ValueError(f"cgf_table must have {CGF_BINS + 1} entries")
+
+    @classmethod
+    def from_theta(cls, theta, feature_names, quantiles, transform: Literal["cgf", "cdf"] = "cgf",
+                   grad_feature: str = "grad_proxy") -> SwiftSampler:
+        return cls(np.asarray(theta), tuple(feature_names), dict(quantiles), transform, grad_feature)
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when φ is constant (every example gets the same weight)."""
+        return bool(np.all(self.values == self.values[0]))
+
+    # -- the function ---------------------------------------------------------------------------------------
+    def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Aggregated score s ∈ [0, 1] per example (float32 [N])."""
+        lo = float(np.minimum(self.weights, 0).sum())
+        hi = float(np.maximum(self.weights, 0).sum())
+        n = len(features[self.feature_names[0]])
+        if hi - lo <= 0:
+            return np.full(n, 0.5, dtype=np.float32)
+        s = np.zeros(n, dtype=np.float32)
+        for w, name in zip(self.weights, self.feature_names):
+            if w != 0:
+                s += np.float32(w) * _cdf(features[name], self.quantiles[name])
+        s -= np.float32(lo)
+        s *= np.float32(1.0 / (hi - lo))
+        return np.clip(s, 0.0, 1.0, out=s)
+
+    def fit(self, features: Mapping[str, np.ndarray]) -> SwiftSampler:
+        """Fit the cgf table on the training set's features (O(N), one histogram). No-op for ``cdf``."""
+        if self.transform != "cgf":
+            return self
+        s = self.score(features)
+        g = np.asarray(features[self.grad_feature], dtype=np.float64)
+        idx = np.minimum((s * CGF_BINS).astype(np.int64), CGF_BINS - 1)
+        mass = np.bincount(idx, weights=np.maximum(g, 0.0), minlength=CGF_BINS)
+        if mass.sum() <= 0:  # no gradient anywhere: fall back to the example count
+            mass = np.bincount(idx, minlength=CGF_BINS).astype(np.float64)
+        cum = np.concatenate([[0.0], np.cumsum(mass)])
+        self.cgf_table = cum / cum[-1]
+        return self
+
+    def transformed(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """T(s(x)) ∈ [0, 1] per example."""
+        s = self.score(features)
+        if self.transform == "cdf":
+            return s
+        if self.cgf_table is None:
+            raise RuntimeError("cgf sampler is not fitted: call .fit(train_features) or load a saved sampler")
+        x = s * np.float32(CGF_BINS)
+        i = np.minimum(x.astype(np.int32), CGF_BINS - 1)
+        frac = x - i
+        table = self.cgf_table.astype(np.float32)
+        lo = table[i]
+        return lo + frac * (table[i + 1] - lo)
+
+    def weights_of(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Unnormalised sampling weights τ(x) ≥ 0 (float32 [N])."""
+        if self.is_uniform:
+            return np.ones(len(features[self.feature_names[0]]), dtype=np.float32)
+        t = self.transformed(features)
+        return np.interp(t, self.knots, self.values).astype(np.float32, copy=False)
+
+    def probs(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Sampling probabilities over the given examples, float64 [N], ≥ 0, summing to 1.
+
+        If every weight is 0 (φ is zero wherever the data lies) the sampler falls back to uniform.
+        """
+        w = self.weights_of(features).astype(np.float64)
+        total = w.sum()
+        if not np.isfinite(total) or total <= 0:
+            return np.full(len(w), 1.0 / len(w))
+        return w / total
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": SAMPLER_FORMAT,
+            "version": SAMPLER_VERSION,
+            "theta": self.theta.tolist(),
+            "features": list(self.feature_names),
+            "grad_feature": self.grad_feature,
+            "transform": self.transform,
+            "knots": self.knots.tolist(),
+            "values": self.values.tolist(),
+            "weights": self.weights.tolist(),
+            "quantiles": {k: v.tolist() for k, v in self.quantiles.items() if k in self.feature_names},
+            "cgf_bins": CGF_BINS,
+            "cgf_table": None if self.cgf_table is None else self.cgf_table.tolist(),
+            "info": self.info,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a self-contained ``sampler.json`` (atomic)."""
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "sampler") -> SwiftSampler:
+        """Build from a parsed sampler.json after validating its schema (ValueError naming the bad field)."""
+
+        def bad(msg):
+            return ValueError(f"{source}: {msg}; regenerate it with `swift-scale search`")
+
+        if not isinstance(d, dict) or d.get("format") != SAMPLER_FORMAT:
+            raise bad(f"not a swift_scale sampler (format must be {SAMPLER_FORMAT!r})")
+        if d.get("version") != SAMPLER_VERSION:
+            raise bad(f"unsupported version {d.get('version')!r}")
+        for key, typ in (("theta", list), ("features", list), ("transform", str), ("quantiles", dict)):
+            if not isinstance(d.get(key), typ):
+                raise bad(f"field {key!r} missing or not a {typ.__name__}")
+        theta = np.asarray(d["theta"], dtype=np.float64)
+        if theta.shape != (NUM_PARAMS,) or not np.all(np.isfinite(theta)) or theta.min() < 0 or theta.max() > 1:
+            raise bad("field 'theta' must be 10 numbers in [0, 1]")
+        for name in d["features"]:
+            table = np.asarray(d["quantiles"].get(name, []), dtype=np.float64)
+            if table.ndim != 1 or len(table) < 2 or not np.all(np.isfinite(table)) or np.any(np.diff(table) < 0):
+                raise bad(f"quantile table of {name!r} must be a non-decreasing list of ≥ 2 finite numbers")
+        if d["transform"] == "cgf":
+            table = d.get("cgf_table")
+            if table is None or len(table) != CGF_BINS + 1:
+                raise bad(f"field 'cgf_table' must hold {CGF_BINS + 1} numbers for a cgf sampler")
+            arr = np.asarray(table, dtype=np.float64)
+            if not np.all(np.isfinite(arr)) or np.any(np.diff(arr) < -1e-12):
+                raise bad("field 'cgf_table' must be finite and non-decreasing")
+        try:
+            return cls(theta, tuple(d["features"]), d["quantiles"], d["transform"], d.get("grad_feature", "grad_proxy"),
+                       d.get("cgf_table"), d.get("info", {}))
+        except ValueError as e:
+            raise bad(str(e)) from e
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SwiftSampler:
+        """Load a ``sampler.json``; works in any process, without the feature store."""
+        try:
+            d = json.loads(open(path).read())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such sampler file") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); regenerate it with `swift-scale search`") from e
+        return cls.from_dict(d, source=str(path))
+
+    def describe(self) -> str:
+        """The sampler in words (used by ``swift-scale inspect``)."""
+        w = ", ".join(f"{n}: {x:+.2f}" for n, x in zip(self.feature_names, self.weights))
+        pts = ", ".join(f"({k:.2f}, {v:.2f})" for k, v in zip(self.knots, self.values))
+        return (f"transform {self.transform}; weights {w}; "
+                f"φ knots (T, value): {pts}{' — uniform' if self.is_uniform else ''}")

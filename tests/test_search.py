@@ -1,0 +1,83 @@
+import math
+
+import numpy as np
+import pytest
+
+from swift_scale.io import read_jsonl
+from swift_scale.sampler import UNIFORM_THETA
+from swift_scale.search import SearchEngine
+
+TARGET = np.linspace(0.15, 0.85, 10)
+SMOKE = {"num_restarts": 2, "raw_samples": 64}
+
+
+def objective(x):
+    return -float(np.sum((np.asarray(x) - TARGET) ** 2))
+
+
+def _run(path, strategy, seed, trials, stop_after=None):
+    engine = SearchEngine(path, strategy=strategy, seed=seed, **SMOKE)
+    while engine.num_trials < (stop_after or trials):
+        t = engine.ask()
+        engine.tell(t, objective(t.theta))
+    return engine
+
+
+def test_bo_beats_random_search(tmp_path):
+    bo, rnd = [], []
+    for seed in range(3):
+        bo.append(_run(tmp_path / f"bo{seed}.jsonl", "bo", seed, 20).best()["score"])
+        rnd.append(_run(tmp_path / f"rs{seed}.jsonl", "random", seed, 20).best()["score"])
+    assert np.mean(bo) > np.mean(rnd) + 0.1, (bo, rnd)
+
+
+def test_first_trial_is_uniform_and_history_contract(tmp_path):
+    engine = _run(tmp_path / "h.jsonl", "bo", 0, 7)
+    hist = read_jsonl(tmp_path / "h.jsonl")
+    assert len(hist) == 7
+    np.testing.assert_array_equal(hist[0]["params"], UNIFORM_THETA)
+    for i, rec in enumerate(hist):
+        assert rec["trial"] == i and len(rec["params"]) == 10 and rec["status"] == "ok"
+        assert isinstance(rec["score"], float) and rec["seconds"] >= 0
+    assert engine.best()["score"] == max(r["score"] for r in hist)
+    assert hist[-1]["proposed_by"] == "bo"
+
+
+def test_killed_search_resumes_identically(tmp_path):
+    full = _run(tmp_path / "full.jsonl", "bo", 3, 9)
+    _run(tmp_path / "cut.jsonl", "bo", 3, 9, stop_after=6)
+    # a pending trial asked but never told (killed inside a trial) is simply asked again
+    SearchEngine(tmp_path / "cut.jsonl", seed=3, **SMOKE).ask()
+    resumed = _run(tmp_path / "cut.jsonl", "bo", 3, 9)
+    a = [r["params"] for r in full.history]
+    b = [r["params"] for r in resumed.history]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
+
+
+def test_failed_trials_are_recorded_and_search_continues(tmp_path):
+    engine = SearchEngine(tmp_path / "h.jsonl", seed=0, **SMOKE)
+    for i in range(8):
+        t = engine.ask()
+        if i in (2, 5):
+            engine.tell(t, None, error="RuntimeError('NaN loss')")
+        elif i == 6:
+            engine.tell(t, math.nan)
+        else:
+            engine.tell(t, objective(t.theta))
+    statuses = [r["status"] for r in engine.history]
+    assert statuses.count("failed") == 3
+    assert engine.history[6]["error"].startswith("non-finite")
+    assert engine.history[2]["score"] is None
+    assert engine.ask().index == 8
+
+
+def test_torn_last_line_and_bad_history(tmp_path):
+    path = tmp_path / "h.jsonl"
+    _run(path, "random", 0, 3)
+    with open(path, "a") as f:
+        f.write('{"trial": 3, "par')  # crash mid-append
+    engine = SearchEngine(path, seed=0, **SMOKE)
+    assert engine.num_trials == 3
+    path.write_text('{"trial": 5, "params": [0.1]}\n')
+    with pytest.raises(ValueError, match="corrupt or from another search"):
+        SearchEngine(path)
