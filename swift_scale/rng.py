@@ -49,4 +49,5 @@ def uniform01(seed: int, stream: int, epoch: int, ids: np.ndarray) -> np.ndarray
 
 def generator(seed: int, stream: int, epoch: int = 0) -> np.random.Generator:
     """A fresh Philox generator keyed by (seed, stream, epoch): explicit, never global."""
-    return np.random.Generator(np.random.Philox(key=[seed & (2**64 - 1), (stream << 32) | (epoch & 0xFFFFFFFF)]))
+    key = hash_u64(seed, stream, epoch, np.array([0, 1], dtype=np.uint64))
+    return np.random.Generator(np.random.Philox(key=key))
