@@ -76,10 +76,42 @@ def params_to_theta(knots, values, weights) -> np.ndarray:
     return np.clip(theta, 0.0, 1.0)
 
 
-def _cdf(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Empirical CDF through a quantile table (table[k] = quantile at k/(K-1)), float32 output."""
-    grid = np.linspace(0.0, 1.0, len(table))
-    return np.interp(values, table, grid).astype(np.float32, copy=False)
+_DENSE = 1 << 16  # resolution of the dense CDF lookup tables
+
+
+class _DenseLookup:
+    """A piecewise-linear function on [lo, hi] resampled onto a uniform grid, evaluated by direct indexing.
+
+    O(1) per element (no binary search), float32 throughout: this is what makes applying a sampler to 10^7+
+    examples cost a few passes over memory. Values outside [lo, hi] clamp to the end values.
+    """
+
+    def __init__(self, xp: np.ndarray, fp: np.ndarray, size: int = _DENSE):
+        self.lo, hi = float(xp[0]), float(xp[-1])
+        self.scale = (size - 1) / (hi - self.lo) if hi > self.lo else 0.0
+        grid = np.linspace(self.lo, hi, size) if hi > self.lo else np.full(size, self.lo)
+        table = np.interp(grid, xp, fp) if hi > self.lo else np.full(size, float(fp[-1]))
+        self.table = table.astype(np.float32)
+        self.size = size
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        pos = np.asarray(x, dtype=np.float32) - np.float32(self.lo)
+        pos *= np.float32(self.scale)
+        np.clip(pos, 0, self.size - 1, out=pos)
+        i = pos.astype(np.int32)
+        np.minimum(i, self.size - 2, out=i)
+        pos -= i
+        lo = self.table[i]
+        hi = self.table[i + 1]
+        hi -= lo
+        hi *= pos
+        hi += lo
+        return hi
+
+
+def _cdf_lookup(table: np.ndarray) -> _DenseLookup:
+    """Empirical CDF through a quantile table (table[k] = quantile at k/(K-1))."""
+    return _DenseLookup(table, np.linspace(0.0, 1.0, len(table)))
 
 
 @dataclass
@@ -115,6 +147,7 @@ class SwiftSampler:
         if missing:
             raise ValueError(f"no quantile table for features {missing}")
         self.quantiles = {k: np.asarray(v, dtype=np.float64) for k, v in self.quantiles.items()}
+        self._cdfs = {n: _cdf_lookup(self.quantiles[n]) for n in self.feature_names}
         if self.cgf_table is not None:
             self.cgf_table = np.asarray(self.cgf_table, dtype=np.float64)
             if self.cgf_table.shape != (CGF_BINS + 1,):
@@ -141,7 +174,9 @@ class SwiftSampler:
         s = np.zeros(n, dtype=np.float32)
         for w, name in zip(self.weights, self.feature_names):
             if w != 0:
-                s += np.float32(w) * _cdf(features[name], self.quantiles[name])
+                f = self._cdfs[name](features[name])
+                f *= np.float32(w)
+                s += f
         s -= np.float32(lo)
         s *= np.float32(1.0 / (hi - lo))
         return np.clip(s, 0.0, 1.0, out=s)
@@ -167,12 +202,17 @@ class SwiftSampler:
             return s
         if self.cgf_table is None:
             raise RuntimeError("cgf sampler is not fitted: call .fit(train_features) or load a saved sampler")
-        x = s * np.float32(CGF_BINS)
+        x = s
+        x *= np.float32(CGF_BINS)
         i = np.minimum(x.astype(np.int32), CGF_BINS - 1)
-        frac = x - i
+        x -= i
         table = self.cgf_table.astype(np.float32)
         lo = table[i]
-        return lo + frac * (table[i + 1] - lo)
+        hi = table[i + 1]
+        hi -= lo
+        hi *= x
+        hi += lo
+        return hi
 
     def weights_of(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """Unnormalised sampling weights τ(x) ≥ 0 (float32 [N])."""
