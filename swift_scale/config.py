@@ -1,0 +1,310 @@
+"""Configuration: one dataclass per concern. Defaults → YAML (``yaml.safe_load``) → dotted CLI overrides.
+
+Every field's docstring (the string under it) is the user-facing help. Validation raises :class:`ConfigError`
+with one line naming the field and the fix; the CLI turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "config_to_dict", "config_hash"]
+
+
+class ConfigError(ValueError):
+    """A user-fixable configuration error (one line: the field, what is wrong, how to fix it)."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "swift"
+    """Run folder name under ``runs/`` (ignored when ``out_dir`` is set)."""
+    out_dir: str | None = None
+    """Explicit run folder; default ``runs/<name>``."""
+    allow_changed_config: bool = False
+    """Reuse a run folder whose saved config differs (otherwise refused, to protect earlier results)."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Training shards: a WebDataset pattern such as ``data/digits/train-{000000..000003}.tar``."""
+    val: str = ""
+    """Validation shards (scored by the search; keep them clean)."""
+    test: str = ""
+    """Test shards (only reported, never used to choose anything)."""
+    image_key: str = "png"
+    """Sample field holding the image (decoded with PIL, grayscale or RGB per ``model.in_chans``)."""
+    label_key: str = "cls"
+    """Sample field holding the integer class label."""
+    num_classes: int = 0
+    """Number of classes; 0 = infer as max label + 1 over train/val/test."""
+    noise_rate: float = 0.0
+    """Fraction of training labels flipped to a different random class (symmetric noise), in [0, 1)."""
+    noise_seed: int = 0
+    """Seed of the noise; the flipped ids are saved in the run folder (``noise.json``)."""
+    allow_pipe: bool = False
+    """Allow ``pipe:`` shard URLs (they run shell commands; off unless you trust the config)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "swift_cnn"
+    """A timm model name (``timm.list_models()``); ``swift_cnn`` is a small CNN for 8×8–32×32 inputs."""
+    checkpoint: str | None = None
+    """Optional local weights file (state_dict, loaded with ``weights_only=True``)."""
+    in_chans: int = 1
+    """Image channels (1 = grayscale, 3 = RGB)."""
+    image_size: int = 0
+    """Resize images to this size; 0 = keep the stored size."""
+
+
+@dataclass
+class FeaturesConfig:
+    batch_size: int = 512
+    """Batch size of the features pass (no gradients)."""
+    quantile_points: int = 1025
+    """Points in each feature's quantile table (the CDF transform)."""
+
+
+@dataclass
+class SamplerConfig:
+    features: list[str] = field(default_factory=lambda: ["loss", "renormed_entropy"])
+    """The two features aggregated by the sampler."""
+    transform: str = "cgf"
+    """``cgf`` (gradient-mass CDF, the paper's smoothing) or ``cdf`` (identity, ablation)."""
+
+
+@dataclass
+class SearchConfig:
+    trials: int = 40
+    """Number of sampler candidates evaluated (the first is uniform sampling)."""
+    finetune_epochs: int = 5
+    """Epochs of fine-tuning θ0 under each candidate before scoring it on val."""
+    strategy: str = "bo"
+    """``bo`` (BoTorch GP + UCB) or ``random`` (ablation)."""
+    n_init: int = 4
+    """Quasi-random points after the uniform one before the GP proposes."""
+    beta: float = 2.0
+    """UCB exploration weight."""
+    num_restarts: int = 8
+    """optimize_acqf restarts (fewer = faster proposals)."""
+    raw_samples: int = 256
+    """optimize_acqf raw samples."""
+    theta0_epoch: int = 0
+    """Pretrain epoch whose weights are θ0 (features + fine-tune start); 0 = the last epoch."""
+    lr: float = 0.0
+    """Fine-tune learning rate; 0 = ``train.lr``."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    """Epochs of pretraining (the uniform baseline) and of the final retrain; an epoch = ⌈N / batch⌉ steps."""
+    batch_size: int = 64
+    """Global batch size (split over processes)."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    cpu: bool = False
+    """Force CPU even where a GPU exists (also needed for multi-process CPU runs)."""
+    mixed_precision: str = "no"
+    """accelerate mixed precision: ``no``, ``fp16`` or ``bf16``."""
+    final_from_scratch: bool = True
+    """Retrain from scratch with the best sampler (the paper's protocol); false = fine-tune θ0."""
+    progress: bool = True
+    """Show tqdm progress bars on the main process."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    """Seed of everything (initialisation, epochs, noise unless ``data.noise_seed``, search)."""
+
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) if self.run.out_dir else Path("runs") / self.run.name
+
+    def validate(self) -> Config:
+        def need(ok: bool, key: str, msg: str):
+            if not ok:
+                raise ConfigError(f"{key}: {msg}")
+
+        for split in ("train", "val", "test"):
+            need(bool(getattr(self.data, split)), f"data.{split}", "is empty; give a shard pattern")
+        need(0 <= self.data.noise_rate < 1, "data.noise_rate", f"must be in [0, 1), got {self.data.noise_rate}")
+        need(self.data.num_classes >= 0, "data.num_classes", "must be >= 0 (0 = infer)")
+        need(self.model.in_chans in (1, 3), "model.in_chans", f"must be 1 or 3, got {self.model.in_chans}")
+        need(self.model.image_size >= 0, "model.image_size", "must be >= 0")
+        need(self.train.epochs >= 1, "train.epochs", f"must be >= 1, got {self.train.epochs}")
+        need(self.train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.train.batch_size}")
+        need(self.train.lr > 0, "train.lr", f"must be > 0, got {self.train.lr}")
+        need(self.train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        need(self.train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision",
+             f"must be no, fp16 or bf16, got {self.train.mixed_precision!r}")
+        need(self.features.batch_size >= 1, "features.batch_size", "must be >= 1")
+        need(self.features.quantile_points >= 2, "features.quantile_points", "must be >= 2")
+        need(len(self.sampler.features) == 2, "sampler.features", "must name exactly 2 features")
+        need(self.sampler.transform in ("cgf", "cdf"), "sampler.transform",
+             f"must be cgf or cdf, got {self.sampler.transform!r}")
+        need(self.search.trials >= 1, "search.trials", f"must be >= 1, got {self.search.trials}")
+        need(self.search.finetune_epochs >= 1, "search.finetune_epochs", "must be >= 1")
+        need(self.search.strategy in ("bo", "random"), "search.strategy",
+             f"must be bo or random, got {self.search.strategy!r}")
+        need(self.search.n_init >= 0, "search.n_init", "must be >= 0")
+        need(self.search.beta >= 0, "search.beta", "must be >= 0")
+        need(self.search.num_restarts >= 1 and self.search.raw_samples >= 1, "search.num_restarts",
+             "num_restarts and raw_samples must be >= 1")
+        need(0 <= self.search.theta0_epoch <= self.train.epochs, "search.theta0_epoch",
+             f"must be in [0, train.epochs={self.train.epochs}]")
+        need(self.search.lr >= 0, "search.lr", "must be >= 0 (0 = train.lr)")
+        need(bool(self.run.name) and "/" not in self.run.name, "run.name", "must be a non-empty folder name")
+        return self
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _field_map(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(obj)}
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the type of the field's current/default value."""
+    typ = type(current)
+    if isinstance(current, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            out = typ(value) if not isinstance(value, str) else typ(ast.literal_eval(value))
+        except (ValueError, SyntaxError, TypeError):
+            raise ConfigError(f"{key}: expected {'an integer' if typ is int else 'a number'}, got {value!r}") from None
+        if typ is int and isinstance(value, float) and value != int(value):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return out
+    if isinstance(current, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [str(v) for v in value]
+    if value is None or isinstance(value, str):
+        return None if value in (None, "null", "None", "") and current is None else value
+    if current is None:
+        return str(value)
+    raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        fmap = _field_map(obj)
+        if part not in fmap:
+            prefix = ".".join(parts[:i])
+            options = [f"{prefix}.{k}" if prefix else k for k in fmap]
+            guess = difflib.get_close_matches(dotted, options, n=1)
+            hint = f"; did you mean {guess[0]}?" if guess else f"; known keys: {', '.join(options)}"
+            raise ConfigError(f"{dotted}: unknown config key{hint}")
+        if i == len(parts) - 1:
+            current = getattr(obj, part)
+            if dataclasses.is_dataclass(current):
+                raise ConfigError(f"{dotted}: is a section; set one of its keys, e.g. {dotted}.{fields(current)[0].name}")
+            setattr(obj, part, _coerce(value, current, dotted))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: is not a section")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    items = overrides.items() if isinstance(overrides, dict) else None
+    if items is None:
+        pairs = []
+        for o in overrides:
+            if "=" not in o:
+                raise ConfigError(f"{o}: overrides are key=value, e.g. train.epochs=3")
+            k, v = o.split("=", 1)
+            pairs.append((k.strip(), v))
+        items = pairs
+    for k, v in items:
+        _set(cfg, k, v)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> Config:
+    """Defaults → ``base`` dict → YAML file → ``key=value`` overrides, then validate."""
+    cfg = Config()
+    if base:
+        apply_overrides(cfg, _flatten(base))
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        apply_overrides(cfg, _flatten(data))
+    apply_overrides(cfg, overrides or [])
+    return cfg.validate()
+
+
+def field_docs() -> dict[str, str]:
+    """Dotted key → docstring, read from this module's source (used by ``swift-scale run --help-config``)."""
+    import inspect
+
+    src = inspect.getsource(__import__(__name__, fromlist=["x"]))
+    tree = ast.parse(src)
+    docs = {}
+    sections = {f.type if isinstance(f.type, str) else f.type.__name__: f.name for f in fields(Config)}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+            for a, b in zip(body, body[1:]):
+                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                    name = a.target.id
+                    prefix = "" if node.name == "Config" else f"{sections.get(node.name, node.name)}."
+                    docs[prefix + name] = b.value.value
+    return docs

@@ -1,0 +1,348 @@
+"""The whole run (DESIGN §1): index → pretrain → features → search → final → report, resumable per phase.
+
+Each phase records its completion in the run folder; rerunning the same command skips finished phases and
+continues unfinished ones (epoch checkpoints, finished shards, finished trials).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+
+from swift_scale.config import Config, ConfigError, config_to_dict
+from swift_scale.data import (
+    DataError,
+    ShardIndex,
+    build_index,
+    expand_shards,
+    load_split,
+    symmetric_label_noise,
+)
+from swift_scale.features.store import FeatureStore
+from swift_scale.io import atomic_write_json, atomic_write_text
+from swift_scale.sampler.swift import SwiftSampler
+from swift_scale.search.engine import SearchEngine
+from swift_scale.train.loop import Split, TrialFailed, evaluate, extract_features, train_model
+from swift_scale.train.models import create_model
+
+__all__ = ["Pipeline", "PHASES"]
+
+logger = logging.getLogger("swift_scale")
+PHASES = ("index", "pretrain", "features", "search", "final", "report")
+
+
+@dataclass
+class Data:
+    index: dict[str, ShardIndex]
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    flipped: np.ndarray
+
+
+class Pipeline:
+    """Runs the phases of one run folder. Build once per process; ``run(until=...)``."""
+
+    def __init__(self, cfg: Config, accelerator: Accelerator | None = None):
+        self.cfg = cfg
+        self.acc = accelerator or Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision)
+        self.dir = cfg.run_dir()
+        self._data: Data | None = None
+        self.seconds: dict[str, float] = {}
+
+    # -- run folder -----------------------------------------------------------------------------------------
+    def prepare_dir(self) -> None:
+        """Create the run folder and save the resolved config; refuse a folder made by a different config."""
+        saved = self.dir / "config.yaml"
+        resolved = config_to_dict(self.cfg)
+        if saved.exists():
+            old = yaml.safe_load(saved.read_text()) or {}
+            comparable = {k: v for k, v in resolved.items() if k != "run"}
+            old_cmp = {k: v for k, v in old.items() if k != "run"}
+            if comparable != old_cmp and not self.cfg.run.allow_changed_config:
+                diff = sorted(f"{s}.{k}" for s in comparable if isinstance(comparable[s], dict)
+                              for k in comparable[s] if old_cmp.get(s, {}).get(k) != comparable[s][k])
+                diff += [s for s in comparable if not isinstance(comparable[s], dict) and old_cmp.get(s) != comparable[s]]
+                raise ConfigError(f"{saved}: this run folder was made with a different config ({', '.join(diff[:4])}); "
+                                  "use another run.name, or run.allow_changed_config=true to continue it anyway")
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(saved, yaml.safe_dump(resolved, sort_keys=False))
+            timings = self.dir / "seconds.json"
+            self.seconds = json.loads(timings.read_text()) if timings.exists() else {}
+        self.acc.wait_for_everyone()
+
+    def _timed(self, phase: str, fn):
+        t0 = time.time()
+        out = fn()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.time() - t0, 2)
+        if self.acc.is_main_process:
+            atomic_write_json(self.dir / "seconds.json", self.seconds)
+        return out
+
+    # -- data -----------------------------------------------------------------------------------------------
+    def index(self) -> dict[str, ShardIndex]:
+        path = self.dir / "index.json"
+        d = self.cfg.data
+        urls = {s: expand_shards(getattr(d, s), allow_pipe=d.allow_pipe, field=f"data.{s}")
+                for s in ("train", "val", "test")}
+        if path.exists():
+            try:
+                cached = {k: ShardIndex.from_dict(v) for k, v in json.loads(path.read_text()).items()}
+            except (json.JSONDecodeError, KeyError, TypeError):
+                cached = {}
+            if all(s in cached and cached[s].urls == urls[s] for s in urls):
+                return cached
+        index = {s: build_index(u) for s, u in urls.items()}
+        for s, idx in index.items():
+            if idx.total == 0:
+                raise DataError(f"data.{s}: the split is empty ({len(idx.urls)} shard(s) with no samples)")
+        if self.acc.is_main_process:
+            atomic_write_json(path, {s: i.to_dict() for s, i in index.items()})
+        return index
+
+    @property
+    def data(self) -> Data:
+        if self._data is None:
+            self._data = self._load_data()
+        return self._data
+
+    def _load_data(self) -> Data:
+        index = self.index()
+        d, m = self.cfg.data, self.cfg.model
+        arrays = {s: load_split(index[s], image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans,
+                                image_size=m.image_size, field=f"data.{s}") for s in index}
+        num_classes = d.num_classes or int(max(a[1].max() for a in arrays.values())) + 1
+        for s, (_, labels) in arrays.items():
+            if labels.max() >= num_classes:
+                raise DataError(f"data.{s}: label {labels.max()} >= data.num_classes={num_classes}")
+        train_x, train_y = arrays["train"]
+        noisy, flipped = symmetric_label_noise(train_y, d.noise_rate, num_classes, d.noise_seed or self.cfg.seed)
+        if self.acc.is_main_process and d.noise_rate > 0:
+            atomic_write_json(self.dir / "noise.json", {"rate": d.noise_rate, "num_flipped": len(flipped),
+                                                        "flipped_ids": flipped.tolist(),
+                                                        "clean_labels": train_y[flipped].tolist(),
+                                                        "noisy_labels": noisy[flipped].tolist()})
+
+        def split(x, y):
+            return Split(torch.from_numpy(x), torch.from_numpy(y))
+
+        return Data(index, split(train_x, noisy), split(*arrays["val"]), split(*arrays["test"]), num_classes, flipped)
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def new_model(self, state: dict | None = None) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            model = create_model(self.cfg.model.name, self.data.num_classes, self.cfg.model.in_chans,
+                                 self.cfg.model.checkpoint)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    def _train(self, probs, epochs, lr, ckpt_dir, state=None, desc="train", eval_each_epoch=True):
+        t = self.cfg.train
+        model = self.new_model(state)
+
+        def on_epoch(epoch, m):
+            if not eval_each_epoch:
+                return {}
+            v, s = evaluate(self.acc, m, self.data.val), evaluate(self.acc, m, self.data.test)
+            m.train()
+            return {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+
+        curve = train_model(self.acc, model, self.data.train, probs=probs, epochs=epochs, batch_size=t.batch_size,
+                            lr=lr, weight_decay=t.weight_decay, seed=self.cfg.seed, ckpt_dir=ckpt_dir,
+                            on_epoch=on_epoch, desc=desc, progress=t.progress)
+        return model, curve
+
+    def _unwrapped_state(self, model) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.acc.unwrap_model(model).state_dict().items()}
+
+    def _finish_training(self, model, curve, out: Path) -> dict:
+        metrics = {"val": evaluate(self.acc, model, self.data.val), "test": evaluate(self.acc, model, self.data.test),
+                   "curve": curve}
+        if self.acc.is_main_process:
+            atomic_write_json(out / "metrics.json", metrics)
+        return metrics
+
+    # -- phases ---------------------------------------------------------------------------------------------
+    def pretrain(self) -> dict:
+        out = self.dir / "pretrain"
+        if (out / "metrics.json").exists():
+            return json.loads((out / "metrics.json").read_text())
+        t = self.cfg.train
+        theta0_epoch = self.cfg.search.theta0_epoch or t.epochs
+        theta0 = {}
+
+        def on_epoch(epoch, m):
+            if epoch == theta0_epoch and self.acc.is_main_process:
+                tmp = out / ".theta0.pt.tmp"
+                torch.save(self._unwrapped_state(m), tmp)
+                tmp.replace(out / "theta0.pt")
+                theta0["saved"] = True
+            v, s = evaluate(self.acc, m, self.data.val), evaluate(self.acc, m, self.data.test)
+            m.train()
+            return {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.new_model()
+        curve = train_model(self.acc, model, self.data.train, probs=None, epochs=t.epochs, batch_size=t.batch_size,
+                            lr=t.lr, weight_decay=t.weight_decay, seed=self.cfg.seed, ckpt_dir=out / "ckpt",
+                            on_epoch=on_epoch, desc="pretrain", progress=t.progress)
+        metrics = self._finish_training(model, curve, out)
+        self.acc.free_memory()
+        return metrics
+
+    def theta0(self) -> dict:
+        return torch.load(self.dir / "pretrain" / "theta0.pt", map_location="cpu", weights_only=True)
+
+    def features(self) -> FeatureStore:
+        store_dir = self.dir / "features"
+        if (store_dir / "meta.json").exists():
+            store = FeatureStore(store_dir)
+            if store.complete:
+                return store
+        model = self.acc.prepare(self.new_model(self.theta0()))
+        idx = self.data.index["train"]
+        store = extract_features(self.acc, model, self.data.train, store_dir, idx.offsets, idx.counts,
+                                 self.cfg.features.batch_size, self.cfg.features.quantile_points,
+                                 self.cfg.train.progress)
+        self.acc.free_memory()
+        return store
+
+    def _train_features(self, store: FeatureStore) -> dict[str, np.ndarray]:
+        return {n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}
+
+    def make_sampler(self, theta, store: FeatureStore, feats: dict[str, np.ndarray]) -> SwiftSampler:
+        names = self.cfg.sampler.features
+        for n in names:
+            if n not in store.feature_names:
+                raise ConfigError(f"sampler.features: {n!r} is not a stored feature ({store.feature_names})")
+        q = {n: store.quantiles(n) for n in names}
+        return SwiftSampler.from_theta(theta, names, q, self.cfg.sampler.transform).fit(feats)
+
+    def search(self) -> dict:
+        s = self.cfg.search
+        store = self.features()
+        feats = self._train_features(store)
+        engine = SearchEngine(self.dir / "search" / "history.jsonl", strategy=s.strategy, seed=self.cfg.seed,
+                              n_init=s.n_init, beta=s.beta, num_restarts=s.num_restarts, raw_samples=s.raw_samples)
+        state0 = self.theta0()
+        lr = s.lr or self.cfg.train.lr
+        while engine.num_trials < s.trials:
+            # every rank proposes the same θ: the engine is deterministic given the shared history file
+            trial = engine.ask()
+            score, error = None, None
+            try:
+                probs = self.make_sampler(trial.theta, store, feats).probs(feats)
+                model, _ = self._train(probs, s.finetune_epochs, lr, None, state=state0, desc=f"trial {trial.index}",
+                                       eval_each_epoch=False)
+                score = evaluate(self.acc, model, self.data.val)["accuracy"]
+            except (TrialFailed, RuntimeError, FloatingPointError) as e:
+                error = f"{type(e).__name__}: {e}"
+            self.acc.free_memory()
+            self.acc.wait_for_everyone()
+            if self.acc.is_main_process:
+                rec = engine.tell(trial, score, error=error)
+            else:
+                rec = None
+                engine.history.append({"trial": trial.index, "params": trial.theta.tolist(), "score": score,
+                                       "status": "ok" if score is not None else "failed"})
+            self.acc.wait_for_everyone()
+            if rec is not None:
+                best = engine.best()
+                logger.info("trial %d score %s (best %.4f)", trial.index, rec["score"], best["score"] if best else float("nan"))
+        best = engine.best()
+        if best is None:
+            raise RuntimeError("every search trial failed; see search/history.jsonl for the errors")
+        sampler = self.make_sampler(np.asarray(best["params"]), store, feats)
+        sampler.info = {"trial": best["trial"], "val_score": best["score"], "model": self.cfg.model.name,
+                        "run": str(self.dir)}
+        if self.acc.is_main_process:
+            sampler.save(self.dir / "sampler.json")
+        return best
+
+    def final(self, sampler_path: str | Path | None = None) -> dict:
+        out = self.dir / "final"
+        if (out / "metrics.json").exists() and sampler_path is None:
+            return json.loads((out / "metrics.json").read_text())
+        sampler = SwiftSampler.load(sampler_path or self.dir / "sampler.json")
+        store = self.features()
+        probs = sampler.probs(self._train_features(store))
+        out.mkdir(parents=True, exist_ok=True)
+        state = None if self.cfg.train.final_from_scratch else self.theta0()
+        model, curve = self._train(probs, self.cfg.train.epochs, self.cfg.train.lr, out / "ckpt", state=state,
+                                   desc="final")
+        metrics = self._finish_training(model, curve, out)
+        self.acc.free_memory()
+        return metrics
+
+    def summary(self) -> dict:
+        pre = json.loads((self.dir / "pretrain" / "metrics.json").read_text())
+        fin = json.loads((self.dir / "final" / "metrics.json").read_text())
+        engine = SearchEngine(self.dir / "search" / "history.jsonl")
+        best = engine.best()
+        summary = {
+            "task": "classification",
+            "dataset": self.cfg.data.train,
+            "model": self.cfg.model.name,
+            "noise_rate": self.cfg.data.noise_rate,
+            "num_train": len(self.data.train),
+            "baseline": {"metric": "test_accuracy", "value": pre["test"]["accuracy"],
+                         "val_accuracy": pre["val"]["accuracy"]},
+            "swift": {"metric": "test_accuracy", "value": fin["test"]["accuracy"],
+                      "val_accuracy": fin["val"]["accuracy"]},
+            "search": {"trials": engine.num_trials, "failed": sum(r["status"] != "ok" for r in engine.history),
+                       "best_score": best["score"], "best_trial": best["trial"], "strategy": self.cfg.search.strategy,
+                       "uniform_score": engine.history[0]["score"]},
+            "seconds": self.seconds,
+            "world_size": self.acc.num_processes,
+            "seed": self.cfg.seed,
+        }
+        if len(self.data.flipped):
+            from swift_scale.report.metrics import noise_auroc
+
+            store = FeatureStore(self.dir / "features")
+            sampler = SwiftSampler.load(self.dir / "sampler.json")
+            probs = sampler.probs(self._train_features(store))
+            summary["noise_detection_auroc"] = noise_auroc(probs, self.data.flipped)
+        if self.acc.is_main_process:
+            atomic_write_json(self.dir / "summary.json", summary)
+        return summary
+
+    def run(self, until: str = "report", sampler_path: str | Path | None = None) -> dict | None:
+        """Run every phase up to ``until`` (inclusive), skipping finished ones."""
+        if until not in PHASES:
+            raise ValueError(f"unknown phase {until!r}; one of {PHASES}")
+        stop = PHASES.index(until)
+        self.prepare_dir()
+        self._timed("index", lambda: self.data)
+        if stop >= 1:
+            self._timed("pretrain", self.pretrain)
+        if stop >= 2:
+            self._timed("features", self.features)
+        if stop >= 3 and sampler_path is None:
+            self._timed("search", self.search)
+        if stop >= 4:
+            self._timed("final", lambda: self.final(sampler_path))
+            summary = self.summary()
+        else:
+            return None
+        if stop >= 5 and self.acc.is_main_process:
+            from swift_scale.report.writer import write_report
+
+            self._timed("report", lambda: write_report(self.dir))
+            summary["seconds"] = self.seconds
+            atomic_write_json(self.dir / "summary.json", summary)
+        self.acc.wait_for_everyone()
+        return summary

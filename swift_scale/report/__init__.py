@@ -1,0 +1,1 @@
+"""Plots and the markdown report of a run folder."""

@@ -1,0 +1,31 @@
+"""Evaluation metrics of a learned sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["noise_auroc", "auroc"]
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positives`` (ties get half credit)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positives, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def noise_auroc(probs: np.ndarray, flipped_ids: np.ndarray) -> float:
+    """How well 1 − p separates the flipped (noisy) examples from the clean ones (1.0 = perfectly)."""
+    noisy = np.zeros(len(probs), dtype=bool)
+    noisy[np.asarray(flipped_ids, dtype=np.int64)] = True
+    return auroc(-np.asarray(probs), noisy)

@@ -1,0 +1,169 @@
+"""The accelerate training loop, evaluation and the distributed features pass (in-memory splits).
+
+Every rank runs ⌈N / batch⌉ optimizer steps per epoch by construction: the epoch's ids are drawn once
+(identically on every rank, from (seed, epoch)) and split into equal rank shares, so uneven data can never
+hang DDP. Batches are moved to ``accelerator.device`` by hand; no dataloader goes through ``prepare``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from swift_scale.features.functions import CLASSIFICATION_FEATURES, classification_features
+from swift_scale.features.store import FeatureStore
+from swift_scale.io import atomic_write_json
+from swift_scale.sampler.select import epoch_indices, rank_share
+
+__all__ = ["Split", "train_model", "evaluate", "extract_features", "TrialFailed"]
+
+
+class TrialFailed(RuntimeError):
+    """Training diverged (non-finite loss); the search records the trial as failed."""
+
+
+@dataclass
+class Split:
+    """A decoded split held in memory: images uint8 [N, C, H, W], labels int64 [N]; row = global id."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, ids: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        x = self.images[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        return x, self.labels[idx].to(device, non_blocking=True)
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def train_model(accelerator: Accelerator, model: torch.nn.Module, data: Split, *, probs: np.ndarray | None,
+                epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
+                ckpt_dir: Path | None = None, on_epoch: Callable[[int, torch.nn.Module], dict] | None = None,
+                desc: str = "train", progress: bool = True) -> list[dict]:
+    """Train ``model`` for ``epochs`` epochs, sampling ids ∝ ``probs`` (None = uniform permutation).
+
+    With ``ckpt_dir``, the accelerate state is saved after every epoch and a rerun resumes from the last
+    complete epoch. ``on_epoch(epoch, model)`` returns metrics appended to the returned curve.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_rank = max(1, batch_size // world)
+    steps = _steps_per_epoch(len(data), per_rank * world)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start, curve = 0, []
+    state_file = ckpt_dir / "state.json" if ckpt_dir else None
+    if state_file is not None and state_file.exists():
+        saved = json.loads(state_file.read_text())
+        accelerator.load_state(str(ckpt_dir / "accelerate"))
+        start, curve = int(saved["epoch"]), list(saved["curve"])
+    for epoch in range(start, epochs):
+        model.train()
+        ids = rank_share(epoch_indices(probs, len(data), seed, epoch, steps * per_rank * world), rank, world)
+        bar = tqdm(range(steps), desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+                   disable=None if (progress and accelerator.is_local_main_process) else True)
+        total = torch.zeros((), device=accelerator.device)
+        for step in bar:
+            x, y = data.batch(ids[step * per_rank:(step + 1) * per_rank], accelerator.device)
+            with accelerator.autocast():
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            total += loss.detach()
+        mean_loss = accelerator.reduce(total, "mean").item() / steps
+        if not math.isfinite(mean_loss):
+            raise TrialFailed(f"non-finite training loss in epoch {epoch + 1}")
+        row = {"epoch": epoch + 1, "train_loss": mean_loss}
+        if on_epoch is not None:
+            row.update(on_epoch(epoch + 1, model))
+        curve.append(row)
+        if ckpt_dir is not None:
+            _save_state(accelerator, ckpt_dir, epoch + 1, curve)
+    return curve
+
+
+def _save_state(accelerator: Accelerator, ckpt_dir: Path, epoch: int, curve: list[dict]) -> None:
+    """accelerate state into a temp folder, swapped into place, then state.json (the commit point)."""
+    tmp, final = ckpt_dir / "accelerate.tmp", ckpt_dir / "accelerate"
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        old = ckpt_dir / "accelerate.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        atomic_write_json(ckpt_dir / "state.json", {"epoch": epoch, "curve": curve})
+        if old.exists():
+            import shutil
+
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, data: Split, batch_size: int = 512) -> dict:
+    """Accuracy and mean loss over the whole split; each rank takes ids[rank::world], results are summed."""
+    model.eval()
+    ids = np.arange(len(data))[accelerator.process_index::accelerator.num_processes]
+    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
+    for s in range(0, len(ids), batch_size):
+        x, y = data.batch(ids[s:s + batch_size], accelerator.device)
+        with accelerator.autocast():
+            logits = model(x)
+        sums[0] += (logits.argmax(1) == y).sum()
+        sums[1] += F.cross_entropy(logits.float(), y, reduction="sum")
+        sums[2] += len(y)
+    sums = accelerator.reduce(sums, "sum")
+    return {"accuracy": (sums[0] / sums[2]).item(), "loss": (sums[1] / sums[2]).item()}
+
+
+@torch.no_grad()
+def extract_features(accelerator: Accelerator, model: torch.nn.Module, data: Split, store_dir: Path,
+                     shard_offsets: list[int], shard_counts: list[int], batch_size: int = 512,
+                     quantile_points: int = 1025, progress: bool = True) -> FeatureStore:
+    """One pass of θ0 over the training split writing features into the store, by global id.
+
+    Rank r owns the shards with ordinal ≡ r (mod world) and writes its ids straight into the memory-mapped
+    store (nothing is gathered); each finished shard is marked, so a killed pass redoes only unfinished shards.
+    """
+    if accelerator.is_main_process:
+        FeatureStore.create(store_dir, len(data), CLASSIFICATION_FEATURES)
+    accelerator.wait_for_everyone()
+    store = FeatureStore(store_dir, mode="r+")
+    done = store.done_units()
+    model.eval()
+    mine = [s for s in range(len(shard_counts)) if s % accelerator.num_processes == accelerator.process_index]
+    for s in tqdm(mine, desc="features", leave=False, disable=None if (progress and accelerator.is_local_main_process) else True):
+        unit = f"shard-{s:06d}"
+        if unit in done:
+            continue
+        ids = np.arange(shard_offsets[s], shard_offsets[s] + shard_counts[s])
+        for b in range(0, len(ids), batch_size):
+            x, y = data.batch(ids[b:b + batch_size], accelerator.device)
+            with accelerator.autocast():
+                logits = model(x)
+            store.write(ids[b:b + batch_size], classification_features(logits, y).cpu().numpy())
+        store.mark_done(unit)
+    store.flush()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        store = FeatureStore(store_dir, mode="r+")
+        store.finalize(num_points=quantile_points)
+    accelerator.wait_for_everyone()
+    return FeatureStore(store_dir)

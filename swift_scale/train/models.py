@@ -1,0 +1,71 @@
+"""Model factory: any timm model name, plus ``swift_cnn`` (registered in timm's own registry)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+__all__ = ["create_model", "SwiftCNN"]
+
+
+class SwiftCNN(nn.Module):
+    """A small CNN for 8×8 to 32×32 images: 3 conv blocks, global average pool, linear head."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0, **_):
+        super().__init__()
+        w = width
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+        self.features = nn.Sequential(block(in_chans, w), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(4 * w, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return self.head(self.drop(self.features(x)))
+
+
+def _register():
+    from timm.models import register_model
+    from timm.models._registry import is_model
+
+    if not is_model("swift_cnn"):
+        @register_model
+        def swift_cnn(pretrained: bool = False, **kwargs) -> SwiftCNN:
+            """swift_scale's small CNN (no pretrained weights)."""
+            if pretrained:
+                raise ValueError("swift_cnn has no pretrained weights")
+            kwargs.pop("pretrained_cfg", None)
+            kwargs.pop("pretrained_cfg_overlay", None)
+            return SwiftCNN(**kwargs)
+
+
+def create_model(name: str, num_classes: int, in_chans: int = 1, checkpoint: str | None = None) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, num_classes, in_chans)``; weights from a local file if given.
+
+    Raises ValueError naming the model when timm does not know it (with close matches).
+    """
+    import timm
+
+    _register()
+    if not timm.models.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ValueError(f"model.name: unknown model {name!r}{hint}")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    if checkpoint:
+        if not os.path.exists(checkpoint):
+            raise ValueError(f"model.checkpoint: {checkpoint} does not exist")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"model.checkpoint: {checkpoint} does not fit {name} (unexpected keys {unexpected[:3]})")
+    return model
