@@ -203,11 +203,14 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            out = typ(value) if not isinstance(value, str) else typ(ast.literal_eval(value))
-        except (ValueError, SyntaxError, TypeError):
-            raise ConfigError(f"{key}: expected {'an integer' if typ is int else 'a number'}, got {value!r}") from None
-        if typ is int and isinstance(value, float) and value != int(value):
+            parsed = ast.literal_eval(value.strip()) if isinstance(value, str) else value
+        except (ValueError, SyntaxError):
+            parsed = None
+        if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
+            raise ConfigError(f"{key}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
+        if typ is int and parsed != int(parsed):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        out = typ(parsed)
         return out
     if isinstance(current, list):
         if isinstance(value, str):

@@ -277,6 +277,9 @@ class Pipeline:
         if (out / "metrics.json").exists() and sampler_path is None:
             return json.loads((out / "metrics.json").read_text())
         sampler = SwiftSampler.load(sampler_path or self.dir / "sampler.json")
+        if sampler_path is not None and self.acc.is_main_process:
+            sampler.info = {**sampler.info, "source": str(sampler_path)}
+            sampler.save(self.dir / "sampler.json")
         store = self.features()
         probs = sampler.probs(self._train_features(store))
         out.mkdir(parents=True, exist_ok=True)
@@ -290,8 +293,9 @@ class Pipeline:
     def summary(self) -> dict:
         pre = json.loads((self.dir / "pretrain" / "metrics.json").read_text())
         fin = json.loads((self.dir / "final" / "metrics.json").read_text())
-        engine = SearchEngine(self.dir / "search" / "history.jsonl")
-        best = engine.best()
+        hist_path = self.dir / "search" / "history.jsonl"
+        engine = SearchEngine(hist_path) if hist_path.exists() else None
+        best = engine.best() if engine else None
         summary = {
             "task": "classification",
             "dataset": self.cfg.data.train,
@@ -304,7 +308,8 @@ class Pipeline:
                       "val_accuracy": fin["val"]["accuracy"]},
             "search": {"trials": engine.num_trials, "failed": sum(r["status"] != "ok" for r in engine.history),
                        "best_score": best["score"], "best_trial": best["trial"], "strategy": self.cfg.search.strategy,
-                       "uniform_score": engine.history[0]["score"]},
+                       "uniform_score": engine.history[0]["score"]} if best else
+                      {"trials": 0, "best_score": None, "sampler": "transferred"},
             "seconds": self.seconds,
             "world_size": self.acc.num_processes,
             "seed": self.cfg.seed,

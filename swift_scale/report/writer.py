@@ -86,7 +86,10 @@ def plot_search(history: list[dict], path: Path) -> None:
     scores = [r["score"] for r in history if r["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(trials, scores, s=12, label="trial score (val)")
-    ax.plot(trials, np.maximum.accumulate(scores), color="tab:green", label="best so far")
+    if scores:
+        ax.plot(trials, np.maximum.accumulate(scores), color="tab:green", label="best so far")
+    else:
+        ax.text(0.5, 0.5, "no search in this run (sampler transferred)", ha="center", transform=ax.transAxes)
     if history and history[0]["status"] == "ok":
         ax.axhline(history[0]["score"], color="gray", ls="--", lw=0.8, label="uniform (trial 0)")
     ax.set(xlabel="trial", ylabel="validation accuracy after fine-tune", title="search")

@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+
+from swift_scale.config import Config, ConfigError, config_to_dict, load_config
+
+from .conftest import ROOT, cli, tiny_overrides
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_starts_with_its_command(path: Path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config) and cfg.data.train
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and ("swift-scale" in first or "swift_scale.cli" in first) and str(path.relative_to(ROOT)) in first
+
+
+def test_demo_resource_loads():
+    from importlib import resources
+
+    import yaml
+
+    base = yaml.safe_load(resources.files("swift_scale").joinpath("resources/demo.yaml").read_text())
+    cfg = load_config(None, ["data.train=a", "data.val=b", "data.test=c"], base=base)
+    assert cfg.data.noise_rate == 0.4 and cfg.search.trials == 40
+
+
+def test_overrides_and_types():
+    cfg = load_config(None, ["data.train=a", "data.val=b", "data.test=c", "train.epochs=7", "train.lr=1e-4",
+                             "train.cpu=true", "sampler.features=[loss, grad_proxy]", "run.out_dir=/x"])
+    assert cfg.train.epochs == 7 and cfg.train.lr == 1e-4 and cfg.train.cpu is True
+    assert cfg.sampler.features == ["loss", "grad_proxy"] and str(cfg.run_dir()) == "/x"
+    assert config_to_dict(cfg)["train"]["epochs"] == 7
+
+
+@pytest.mark.parametrize("override,field", [
+    ("train.epoch=3", "train.epoch"),
+    ("train.epochs=-1", "train.epochs"),
+    ("train.epochs=abc", "train.epochs"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("train.lr=0", "train.lr"),
+    ("train.cpu=maybe", "train.cpu"),
+    ("train.mixed_precision=fp8", "train.mixed_precision"),
+    ("data.noise_rate=1.5", "data.noise_rate"),
+    ("search.trials=0", "search.trials"),
+    ("search.strategy=grid", "search.strategy"),
+    ("search.theta0_epoch=99", "search.theta0_epoch"),
+    ("sampler.transform=log", "sampler.transform"),
+    ("sampler.features=[loss]", "sampler.features"),
+    ("model.in_chans=2", "model.in_chans"),
+    ("nosuch.key=1", "nosuch.key"),
+    ("train=3", "train"),
+    ("seed", "seed"),
+])
+def test_invalid_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.train=a", "data.val=b", "data.test=c", override])
+    assert str(e.value).startswith(field)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_key_suggests():
+    with pytest.raises(ConfigError, match="did you mean train.epochs"):
+        load_config(None, ["data.train=a", "data.val=b", "data.test=c", "train.epoch=3"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train.epochs=0"], "train.epochs"),
+    (["model.name=resnet_does_not_exist"], "model.name"),
+    (["data.train=/nonexistent/x-{000000..000001}.tar"], "/nonexistent/x-000000.tar"),
+    (["data.val="], "data.val"),
+    (["search.finetune_epochs=-2"], "search.finetune_epochs"),
+    (["data.train=pipe:cat /etc/passwd"], "allow_pipe"),
+    (["train.batch_size=0"], "train.batch_size"),
+])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, digits_shards, args, needle):
+    out = tmp_path / "run"
+    res = cli("run", *tiny_overrides(digits_shards, out, *args))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
+    assert not (out / "summary.json").exists()
+
+
+def test_cli_missing_config_file(tmp_path):
+    res = cli("run", "--config", tmp_path / "nope.yaml")
+    assert res.returncode == 2 and "config file not found" in res.stderr
+
+
+def test_cli_bad_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    res = cli("run", "--config", bad)
+    assert res.returncode == 2 and "not valid YAML" in res.stderr
+
+
+def test_cli_bad_sampler_file(tmp_path):
+    bad = tmp_path / "sampler.json"
+    bad.write_text('{"format": "swift_scale.sampler", "version": 1}')
+    res = cli("inspect", bad)
+    assert res.returncode == 2 and "sampler.json" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)

@@ -1,0 +1,67 @@
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from swift_scale.data import DataError, build_index, expand_shards, load_split, symmetric_label_noise
+from swift_scale.data.writers import write_shards
+
+
+def test_shard_table_and_global_ids(tmp_path):
+    images = np.arange(25 * 8 * 8, dtype=np.uint8).reshape(25, 8, 8)
+    labels = np.arange(25) % 3
+    pattern = write_shards(tmp_path, "train", images, labels, maxcount=10)
+    urls = expand_shards(pattern)
+    assert len(urls) == 3
+    index = build_index(urls)
+    assert index.counts == [10, 10, 5] and index.offsets == [0, 10, 20] and index.total == 25
+    x, y = load_split(index)
+    np.testing.assert_array_equal(x[:, 0], images)  # row = global id = offset + position
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_reads_what_shardwriter_wrote(tmp_path):
+    # a shard written directly with webdataset's own writer, as a user would
+    with wds.ShardWriter(str(tmp_path / "u-%06d.tar"), maxcount=4, verbose=0) as sink:
+        for i in range(6):
+            sink.write({"__key__": f"k{i}", "png": np.full((5, 5), i * 10, np.uint8), "cls": i % 2})
+    index = build_index(expand_shards(str(tmp_path / "u-{000000..000001}.tar")))
+    x, y = load_split(index)
+    assert x.shape == (6, 1, 5, 5) and list(y) == [0, 1, 0, 1, 0, 1] and x[3, 0, 0, 0] == 30
+
+
+def test_missing_truncated_and_pipe(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        expand_shards(str(tmp_path / "nope-{000000..000001}.tar"), field="data.train")
+    with pytest.raises(DataError, match="allow_pipe"):
+        expand_shards("pipe:curl http://x/a.tar")
+    pattern = write_shards(tmp_path, "t", np.zeros((20, 8, 8), np.uint8), np.zeros(20), maxcount=20)
+    path = expand_shards(pattern)[0]
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2 + 100])
+    with pytest.raises(DataError, match="truncated|corrupt"):
+        build_index([path])
+
+
+def test_missing_label_field_is_named(tmp_path):
+    path = tmp_path / "x-000000.tar"
+    with wds.TarWriter(str(path)) as sink:
+        sink.write({"__key__": "a", "png": np.zeros((4, 4), np.uint8)})
+    with pytest.raises(DataError, match="lacks field 'cls'"):
+        load_split(build_index([str(path)]))
+    assert tarfile.is_tarfile(path)
+
+
+def test_symmetric_noise_exact_and_reproducible():
+    labels = np.arange(1000) % 10
+    noisy, flipped = symmetric_label_noise(labels, 0.4, 10, seed=3)
+    assert len(flipped) == 400
+    assert np.all(noisy[flipped] != labels[flipped])
+    mask = np.ones(1000, bool)
+    mask[flipped] = False
+    assert np.all(noisy[mask] == labels[mask])
+    noisy2, flipped2 = symmetric_label_noise(labels, 0.4, 10, seed=3)
+    np.testing.assert_array_equal(noisy, noisy2)
+    # new classes are spread over the other classes
+    assert len(np.unique((noisy[flipped] - labels[flipped]) % 10)) == 9
