@@ -56,11 +56,10 @@ def _run_pipeline(cfg, until: str, sampler: str | None = None):
     from swift_scale.pipeline import Pipeline
 
     pipe = Pipeline(cfg)
-    try:
-        summary = pipe.run(until=until, sampler_path=sampler)
-    finally:
-        pipe.acc.wait_for_everyone()
-        pipe.acc.end_training()
+    # On error no barrier: a failing rank exits non-zero and the launcher stops the others.
+    summary = pipe.run(until=until, sampler_path=sampler)
+    pipe.acc.wait_for_everyone()
+    pipe.acc.end_training()
     return pipe, summary
 
 

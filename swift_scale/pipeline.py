@@ -173,6 +173,7 @@ class Pipeline:
                    "curve": curve}
         if self.acc.is_main_process:
             atomic_write_json(out / "metrics.json", metrics)
+        self.acc.wait_for_everyone()
         return metrics
 
     # -- phases ---------------------------------------------------------------------------------------------
@@ -270,6 +271,7 @@ class Pipeline:
                         "run": str(self.dir)}
         if self.acc.is_main_process:
             sampler.save(self.dir / "sampler.json")
+        self.acc.wait_for_everyone()  # other ranks read sampler.json next
         return best
 
     def final(self, sampler_path: str | Path | None = None) -> dict:
@@ -280,6 +282,7 @@ class Pipeline:
         if sampler_path is not None and self.acc.is_main_process:
             sampler.info = {**sampler.info, "source": str(sampler_path)}
             sampler.save(self.dir / "sampler.json")
+        self.acc.wait_for_everyone()
         store = self.features()
         probs = sampler.probs(self._train_features(store))
         out.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,17 @@
 """The real CLI end to end on a tiny config, checking every file of DESIGN §4."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import yaml
 
 from swift_scale.io import read_jsonl
 from swift_scale.sampler import SwiftSampler
 
-from .conftest import cli, tiny_overrides
+from .conftest import ROOT, cli, tiny_overrides
 
 
 def test_run_end_to_end_writes_every_contract_file(tmp_path, digits_shards):
@@ -69,3 +72,18 @@ def test_run_end_to_end_writes_every_contract_file(tmp_path, digits_shards):
     assert json.loads((other / "summary.json").read_text())["model"] == "resnet10t"
     assert not (other / "search" / "history.jsonl").exists()  # no search: the sampler came from elsewhere
     assert SwiftSampler.load(other / "sampler.json").info["source"] == str(out / "sampler.json")
+
+
+@pytest.mark.dist
+def test_run_under_two_real_processes(tmp_path, digits_shards):
+    """torchrun, 2 CPU processes (gloo): the whole pipeline, equal steps on both ranks, one set of outputs."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "swift_scale.cli", "run", *tiny_overrides(digits_shards, out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(read_jsonl(out / "search" / "history.jsonl")) == 3
+    meta = json.loads((out / "features" / "meta.json").read_text())
+    assert meta["complete"] and len(list((out / "features" / "done").iterdir())) == 4  # every shard, by 2 ranks
