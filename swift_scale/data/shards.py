@@ -1,0 +1,144 @@
+"""WebDataset shards: expansion, the shard table (global ids), and loading a split into memory.
+
+Global id of a sample = offset[shard] + its position in the shard, where shards keep the order of the
+pattern and offset is the cumulative sample count (DESIGN §2). The table is O(#shards) and is cached in the
+run folder as ``index.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+import webdataset as wds
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import base_plus_ext
+
+__all__ = ["DataError", "ShardIndex", "expand_shards", "build_index", "load_split"]
+
+
+class DataError(ValueError):
+    """A user-fixable data problem (missing/corrupt shard, empty split); one line naming the file."""
+
+
+def expand_shards(pattern: str, *, allow_pipe: bool = False, field: str = "data") -> list[str]:
+    """Expand a brace pattern (``train-{000000..000009}.tar``; several patterns separated by ``::``)."""
+    urls = expand_urls(pattern)
+    if not urls:
+        raise DataError(f"{field}: pattern {pattern!r} names no shards")
+    for url in urls:
+        if url.startswith("pipe:") and not allow_pipe:
+            raise DataError(f"{field}: {url!r} is a pipe: URL, which runs a shell command; "
+                            "set data.allow_pipe=true only if you trust this config")
+        local = url[len("file:"):] if url.startswith("file:") else url
+        if "://" not in url and not url.startswith("pipe:") and not os.path.exists(local):
+            raise DataError(f"{field}: shard {local} does not exist; check the pattern or write the shards first")
+    return urls
+
+
+@dataclass
+class ShardIndex:
+    """The shard table of one split: ordered urls, per-shard sample counts and id offsets."""
+
+    urls: list[str]
+    counts: list[int]
+
+    @property
+    def offsets(self) -> list[int]:
+        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(int).tolist() if self.counts else []
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+    def to_dict(self) -> dict:
+        return {"urls": self.urls, "counts": self.counts, "offsets": self.offsets, "total": self.total}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ShardIndex:
+        return cls(list(d["urls"]), [int(c) for c in d["counts"]])
+
+
+def _count_local_tar(path: str) -> int:
+    """Number of samples (distinct consecutive keys) in a tar, reading headers only."""
+    keys, last = 0, None
+    try:
+        with tarfile.open(path, "r|*") as tf:  # streaming mode: headers, skipping payloads
+            for member in tf:
+                if not member.isfile():
+                    continue
+                prefix, _ = base_plus_ext(member.name)
+                if prefix is None or os.path.basename(member.name).startswith("__"):
+                    continue
+                if prefix != last:
+                    keys, last = keys + 1, prefix
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{path}: corrupt or truncated tar ({e}); rewrite this shard") from None
+    return keys
+
+
+def build_index(urls: list[str]) -> ShardIndex:
+    """Count samples in every shard (local files by their tar headers, others by a raw WebDataset pass)."""
+    counts = []
+    for url in urls:
+        local = url[len("file:"):] if url.startswith("file:") else url
+        if "://" not in url and not url.startswith("pipe:"):
+            counts.append(_count_local_tar(local))
+        else:
+            counts.append(sum(1 for _ in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())))
+    return ShardIndex(urls, counts)
+
+
+def _decode_image(data: bytes, in_chans: int, image_size: int) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    img = img.convert("L" if in_chans == 1 else "RGB")
+    if image_size and img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def load_split(index: ShardIndex, *, image_key: str = "png", label_key: str = "cls", in_chans: int = 1,
+               image_size: int = 0, field: str = "data") -> tuple[np.ndarray, np.ndarray]:
+    """Decode a whole split into memory: images uint8 [N, C, H, W], labels int64 [N], row = global id."""
+    if index.total == 0:
+        raise DataError(f"{field}: the split has no samples ({len(index.urls)} shard(s), all empty)")
+    images: list[np.ndarray] = []
+    labels = np.empty(index.total, dtype=np.int64)
+    for url, offset, count in zip(index.urls, index.offsets, index.counts):
+        pipe = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        n = 0
+        try:
+            for sample in pipe:
+                key = sample.get("__key__")
+                if image_key not in sample or label_key not in sample:
+                    raise DataError(f"{url}: sample {key!r} lacks field {image_key if image_key not in sample else label_key!r}"
+                                    f" (has {sorted(k for k in sample if not k.startswith('__'))}); "
+                                    "set data.image_key / data.label_key")
+                try:
+                    img = _decode_image(sample[image_key], in_chans, image_size)
+                    label = int(sample[label_key].decode().strip())
+                except Exception as e:
+                    raise DataError(f"{url}: sample {key!r} cannot be decoded ({type(e).__name__}: {e})") from None
+                if images and img.shape != images[0].shape:
+                    raise DataError(f"{url}: sample {key!r} has shape {img.shape}, others {images[0].shape}; "
+                                    "set model.image_size to resize")
+                if n >= count:
+                    raise DataError(f"{url}: more samples than indexed; delete the run's index.json")
+                images.append(img)
+                labels[offset + n] = label
+                n += 1
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e})") from None
+        if n != count:
+            raise DataError(f"{url}: {n} samples read but {count} indexed; the shard changed — delete index.json")
+    if labels.min() < 0:
+        raise DataError(f"{field}: negative class labels found")
+    return np.stack(images), labels
