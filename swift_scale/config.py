@@ -124,6 +124,9 @@ class TrainConfig:
     """Retrain from scratch with the best sampler (the paper's protocol); false = fine-tune θ0."""
     progress: bool = True
     """Show tqdm progress bars on the main process."""
+    log_with: str = ""
+    """accelerate experiment trackers, comma-separated (``tensorboard`` works offline; ``wandb``, ``mlflow``,
+    … if installed); logs are written under ``<run dir>/logs``. Empty = no tracking."""
 
 
 @dataclass

@@ -54,8 +54,11 @@ class Pipeline:
 
     def __init__(self, cfg: Config, accelerator: Accelerator | None = None):
         self.cfg = cfg
-        self.acc = accelerator or Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision)
         self.dir = cfg.run_dir()
+        trackers = [t.strip() for t in cfg.train.log_with.split(",") if t.strip()]
+        self.acc = accelerator or Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
+                                              log_with=trackers or None, project_dir=str(self.dir / "logs"))
+        self.tracking = bool(trackers)
         self._data: Data | None = None
         self.seconds: dict[str, float] = {}
 
@@ -81,6 +84,15 @@ class Pipeline:
             timings = self.dir / "seconds.json"
             self.seconds = json.loads(timings.read_text()) if timings.exists() else {}
         self.acc.wait_for_everyone()
+        if self.tracking:
+            flat = {f"{sec}.{k}": v for sec, d in resolved.items() if isinstance(d, dict) for k, v in d.items()
+                    if isinstance(v, (int, float, str, bool))}
+            self.acc.init_trackers(self.cfg.run.name, config=flat)
+
+    def log(self, prefix: str, values: dict, step: int) -> None:
+        """Send numeric values to the configured accelerate trackers as ``prefix/key``."""
+        if self.tracking:
+            self.acc.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
     def _timed(self, phase: str, fn):
         t0 = time.time()
@@ -158,7 +170,9 @@ class Pipeline:
                 return {}
             v, s = evaluate(self.acc, m, self.data.val), evaluate(self.acc, m, self.data.test)
             m.train()
-            return {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+            row = {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+            self.log(desc, row, epoch)
+            return row
 
         curve = train_model(self.acc, model, self.data.train, probs=probs, epochs=epochs, batch_size=t.batch_size,
                             lr=lr, weight_decay=t.weight_decay, seed=self.cfg.seed, ckpt_dir=ckpt_dir,
@@ -193,7 +207,9 @@ class Pipeline:
                 theta0["saved"] = True
             v, s = evaluate(self.acc, m, self.data.val), evaluate(self.acc, m, self.data.test)
             m.train()
-            return {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+            row = {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+            self.log("pretrain", row, epoch)
+            return row
 
         out.mkdir(parents=True, exist_ok=True)
         model = self.new_model()
@@ -260,8 +276,10 @@ class Pipeline:
                 engine.history.append({"trial": trial.index, "params": trial.theta.tolist(), "score": score,
                                        "status": "ok" if score is not None else "failed"})
             self.acc.wait_for_everyone()
+            best = engine.best()
+            self.log("search", {"score": score if score is not None else float("nan"),
+                                "best_so_far": best["score"] if best else float("nan")}, trial.index)
             if rec is not None:
-                best = engine.best()
                 logger.info("trial %d score %s (best %.4f)", trial.index, rec["score"], best["score"] if best else float("nan"))
         best = engine.best()
         if best is None:
@@ -326,6 +344,8 @@ class Pipeline:
             summary["noise_detection_auroc"] = noise_auroc(probs, self.data.flipped)
         if self.acc.is_main_process:
             atomic_write_json(self.dir / "summary.json", summary)
+        self.log("summary", {"baseline_test_accuracy": summary["baseline"]["value"],
+                             "swift_test_accuracy": summary["swift"]["value"]}, 0)
         return summary
 
     def run(self, until: str = "report", sampler_path: str | Path | None = None) -> dict | None:

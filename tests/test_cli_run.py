@@ -87,3 +87,19 @@ def test_run_under_two_real_processes(tmp_path, digits_shards):
     assert len(read_jsonl(out / "search" / "history.jsonl")) == 3
     meta = json.loads((out / "features" / "meta.json").read_text())
     assert meta["complete"] and len(list((out / "features" / "done").iterdir())) == 4  # every shard, by 2 ranks
+
+
+def test_tensorboard_tracking(tmp_path, digits_shards):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    res = cli("run", *tiny_overrides(digits_shards, out, "train.log_with=tensorboard"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"search/score", "search/best_so_far", "pretrain/val_accuracy", "final/test_accuracy",
+            "summary/swift_test_accuracy"} <= tags
+    assert len(acc.Scalars("search/score")) == 3

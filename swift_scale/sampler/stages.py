@@ -1,0 +1,87 @@
+"""Use a learned sampler in your own data pipeline: a webdataset stage and Hugging Face ``datasets`` helpers.
+
+All decisions are pure functions of (seed, epoch, global id) — see :mod:`swift_scale.sampler.select` — so
+every rank, worker and restart agrees on which examples are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from swift_scale.data.shards import ShardIndex
+from swift_scale.sampler.select import epoch_indices, keep_threshold, race_keys
+
+__all__ = ["KeepByGlobalId", "hf_epoch", "hf_keep", "keep_set"]
+
+
+def keep_set(probs: np.ndarray, keep_fraction: float, seed: int, epoch: int) -> tuple[float, np.ndarray]:
+    """(threshold, boolean mask [N]) keeping exactly round(N·keep_fraction) ids, without replacement, ∝ p."""
+    if not 0 < keep_fraction <= 1:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction} (1 / oversampling factor)")
+    n = len(probs)
+    keys = race_keys(np.arange(n), probs, seed, epoch)
+    t = keep_threshold(keys, max(1, round(n * keep_fraction)))
+    return t, keys <= t
+
+
+class KeepByGlobalId:
+    """A webdataset pipeline stage (iterator → iterator) that keeps raw samples *before decoding*.
+
+    The global id of a raw sample is offset[url] + its position in the shard, from the run's shard table, so
+    the stage must see whole shards (split by shard across nodes/workers, as webdataset does) in stored order.
+    Kept samples get ``__gid__``. Picklable, for DataLoader workers. Call :meth:`set_epoch` each epoch.
+
+    Example::
+
+        pipe = wds.DataPipeline(wds.SimpleShardList(index.urls), wds.split_by_worker, wds.tarfile_to_samples(),
+                                KeepByGlobalId(index, probs, keep_fraction=0.5, seed=0),
+                                wds.decode("pil"), wds.to_tuple("png", "cls"), wds.batched(64))
+    """
+
+    def __init__(self, index: ShardIndex, probs: np.ndarray, *, keep_fraction: float = 0.5, seed: int = 0,
+                 epoch: int = 0):
+        if len(probs) != index.total:
+            raise ValueError(f"probs has {len(probs)} entries but the shard table holds {index.total} samples")
+        self.offsets = dict(zip(index.urls, index.offsets))
+        self.probs = np.asarray(probs, dtype=np.float64)
+        self.keep_fraction, self.seed = keep_fraction, seed
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.threshold, _ = keep_set(self.probs, self.keep_fraction, self.seed, epoch)
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        position: dict[str, int] = {}
+        for sample in src:
+            url = sample["__url__"]
+            pos = position.get(url, 0)
+            position[url] = pos + 1
+            if url not in self.offsets:
+                raise KeyError(f"{url} is not in the shard table this stage was built with")
+            gid = self.offsets[url] + pos
+            key = race_keys(np.array([gid]), self.probs[gid:gid + 1], self.seed, self.epoch)[0]
+            if key <= self.threshold:
+                sample["__gid__"] = gid
+                yield sample
+
+
+def hf_epoch(dataset, probs: np.ndarray, seed: int, epoch: int, num_samples: int | None = None):
+    """An epoch of a map-style ``datasets.Dataset`` drawn ∝ p (indexed mode): ``dataset.select(ids)``."""
+    if len(probs) != len(dataset):
+        raise ValueError(f"probs has {len(probs)} entries, the dataset {len(dataset)} rows")
+    return dataset.select(epoch_indices(probs, len(dataset), seed, epoch, num_samples))
+
+
+def hf_keep(dataset, probs: np.ndarray, keep_fraction: float, seed: int, epoch: int):
+    """Keep round(N·keep_fraction) rows ∝ p without replacement.
+
+    ``datasets.Dataset``: ``select`` of the kept rows. ``datasets.IterableDataset`` (streaming): a ``filter``
+    by row index, decided per row from (seed, epoch, index) with the same threshold — identical kept set.
+    """
+    _, mask = keep_set(np.asarray(probs, dtype=np.float64), keep_fraction, seed, epoch)
+    if hasattr(dataset, "select") and hasattr(dataset, "__len__"):
+        return dataset.select(np.flatnonzero(mask))
+    return dataset.filter(lambda _row, idx: bool(mask[idx]), with_indices=True)
