@@ -161,11 +161,18 @@ class Pipeline:
             model.load_state_dict(state)
         return model
 
-    def _train(self, probs, epochs, lr, ckpt_dir, state=None, desc="train", eval_each_epoch=True):
+    def _train(self, probs, epochs, lr, ckpt_dir, state=None, desc="train", eval_each_epoch=True, hook=None):
+        """Train a fresh model (from ``state`` if given) for ``epochs`` epochs sampling ∝ ``probs``.
+
+        With ``eval_each_epoch`` every epoch is scored on val and test, logged to the trackers as ``desc/...``;
+        ``hook(epoch, model)`` runs first (the pretrain phase saves θ0 there).
+        """
         t = self.cfg.train
         model = self.new_model(state)
 
         def on_epoch(epoch, m):
+            if hook is not None:
+                hook(epoch, m)
             if not eval_each_epoch:
                 return {}
             v, s = evaluate(self.acc, m, self.data.val), evaluate(self.acc, m, self.data.test)
@@ -195,27 +202,17 @@ class Pipeline:
         out = self.dir / "pretrain"
         if (out / "metrics.json").exists():
             return json.loads((out / "metrics.json").read_text())
-        t = self.cfg.train
-        theta0_epoch = self.cfg.search.theta0_epoch or t.epochs
-        theta0 = {}
+        theta0_epoch = self.cfg.search.theta0_epoch or self.cfg.train.epochs
 
-        def on_epoch(epoch, m):
+        def save_theta0(epoch, m):
             if epoch == theta0_epoch and self.acc.is_main_process:
                 tmp = out / ".theta0.pt.tmp"
                 torch.save(self._unwrapped_state(m), tmp)
                 tmp.replace(out / "theta0.pt")
-                theta0["saved"] = True
-            v, s = evaluate(self.acc, m, self.data.val), evaluate(self.acc, m, self.data.test)
-            m.train()
-            row = {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
-            self.log("pretrain", row, epoch)
-            return row
 
         out.mkdir(parents=True, exist_ok=True)
-        model = self.new_model()
-        curve = train_model(self.acc, model, self.data.train, probs=None, epochs=t.epochs, batch_size=t.batch_size,
-                            lr=t.lr, weight_decay=t.weight_decay, seed=self.cfg.seed, ckpt_dir=out / "ckpt",
-                            on_epoch=on_epoch, desc="pretrain", progress=t.progress)
+        model, curve = self._train(None, self.cfg.train.epochs, self.cfg.train.lr, out / "ckpt", desc="pretrain",
+                                   hook=save_theta0)
         metrics = self._finish_training(model, curve, out)
         self.acc.free_memory()
         return metrics

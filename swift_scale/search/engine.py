@@ -144,12 +144,14 @@ class SearchEngine:
     def _bo(self, t: int) -> tuple[np.ndarray, str]:
         if len(self.ok_trials()) < 2:
             return self._sobol(t), "sobol"
-        from botorch.acquisition import UpperConfidenceBound
-        from botorch.fit import fit_gpytorch_mll
-        from botorch.models import SingleTaskGP
-        from botorch.models.transforms import Normalize, Standardize
-        from botorch.optim import optimize_acqf
-        from gpytorch.mlls import ExactMarginalLogLikelihood
+        with warnings.catch_warnings():  # botorch's import emits a torch.jit deprecation warning
+            warnings.simplefilter("ignore", FutureWarning)
+            from botorch.acquisition import UpperConfidenceBound
+            from botorch.fit import fit_gpytorch_mll
+            from botorch.models import SingleTaskGP
+            from botorch.models.transforms import Normalize, Standardize
+            from botorch.optim import optimize_acqf
+            from gpytorch.mlls import ExactMarginalLogLikelihood
 
         x, y = self._training_data()
         bounds = torch.stack([torch.zeros(self.dim, dtype=torch.float64), torch.ones(self.dim, dtype=torch.float64)])
