@@ -94,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
             t = np.linspace(0, 1, 11)
             phi = np.interp(t, s.knots, s.values)
             print("φ(T) at T = 0, 0.1, …, 1 (relative to max):", " ".join(f"{v / max(phi.max(), 1e-12):.2f}" for v in phi))
+            store_dir = Path(args.sampler).parent / "features"
+            if (store_dir / "meta.json").exists():  # inside a run folder: describe the effect on its data
+                from swift_scale.features.store import FeatureStore
+
+                store = FeatureStore(store_dir)
+                p = s.probs({n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}) * store.num_examples
+                print(f"on the {store.num_examples} training examples of {store_dir.parent}: "
+                      f"{np.mean(p < 1e-3):.1%} get near-zero probability (< 0.001 × uniform), "
+                      f"{np.mean(p < 0.1):.1%} get < 0.1 × uniform, {np.mean(p > 1):.1%} are sampled more than uniform; "
+                      f"max {p.max():.2f} × uniform")
             return 0
         if args.command == "report":
             from swift_scale.report.writer import write_report

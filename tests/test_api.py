@@ -110,3 +110,27 @@ def test_bring_your_own_loop_with_accelerate():
             seen.append(len(xb))
     assert sum(seen) == 3 * 256
     acc.end_training()
+
+
+def test_online_scorer_keeps_by_frozen_model(tmp_path):
+    """Online mode: a frozen θ0 scores 2B augmented candidates, the sampler keeps exactly B."""
+    from swift_scale import SwiftSampler
+    from swift_scale.sampler import UNIFORM_THETA
+    from swift_scale.sampler.stages import online_keep
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    x = torch.randn(64, 3)
+    y = torch.randint(0, 4, (64,))
+    q = {"loss": np.linspace(0, 5, 33), "renormed_entropy": np.linspace(0, 1, 33)}
+    theta = UNIFORM_THETA.copy()
+    theta[3:8] = [1.0, 1.0, 0.0, 0.0, 0.0]  # only the lowest-loss half of T has weight
+    theta[8:10] = [1.0, 0.5]
+    sampler = SwiftSampler.from_theta(theta, ("loss", "renormed_entropy"), q, "cdf")
+    mask = online_keep(sampler, model, x, y, np.arange(1000, 1064), 16, seed=0, epoch=0)
+    assert mask.dtype == torch.bool and int(mask.sum()) == 16
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+    assert loss[mask].mean() < loss[~mask].mean()
+    again = online_keep(sampler, model, x, y, np.arange(1000, 1064), 16, seed=0, epoch=0)
+    assert torch.equal(mask, again)

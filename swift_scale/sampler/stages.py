@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+import torch
 
 from swift_scale.data.shards import ShardIndex
-from swift_scale.sampler.select import epoch_indices, keep_threshold, race_keys
+from swift_scale.features.functions import CLASSIFICATION_FEATURES, classification_features
+from swift_scale.sampler.select import epoch_indices, keep_threshold, keep_top_k, race_keys
 
-__all__ = ["KeepByGlobalId", "hf_epoch", "hf_keep", "keep_set"]
+__all__ = ["KeepByGlobalId", "hf_epoch", "hf_keep", "keep_set", "online_keep"]
 
 
 def keep_set(probs: np.ndarray, keep_fraction: float, seed: int, epoch: int) -> tuple[float, np.ndarray]:
@@ -85,3 +87,23 @@ def hf_keep(dataset, probs: np.ndarray, keep_fraction: float, seed: int, epoch: 
     if hasattr(dataset, "select") and hasattr(dataset, "__len__"):
         return dataset.select(np.flatnonzero(mask))
     return dataset.filter(lambda _row, idx: bool(mask[idx]), with_indices=True)
+
+
+@torch.no_grad()
+def online_keep(sampler, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, global_ids: np.ndarray,
+                keep: int, *, seed: int, epoch: int) -> torch.Tensor:
+    """The online mode (the paper's recipe for random crops): score candidates with the frozen θ0 and keep
+    exactly ``keep`` of them ∝ the sampler's weight, without replacement. Returns a bool mask [m] on CPU.
+
+    ``images`` [m, ...] are the already-augmented candidates (e.g. 2B of them for a batch of B); features come
+    from ``model`` in eval mode, so no feature store is needed — only ``sampler.json``.
+    """
+    was_training = model.training
+    model.eval()
+    feats = classification_features(model(images), labels).cpu().numpy()
+    model.train(was_training)
+    columns = {name: feats[:, i] for i, name in enumerate(CLASSIFICATION_FEATURES)}
+    weights = sampler.weights_of(columns).astype(np.float64)
+    if weights.sum() <= 0:
+        weights = np.ones_like(weights)
+    return torch.from_numpy(keep_top_k(np.asarray(global_ids), weights / weights.sum(), keep, seed, epoch))
