@@ -1,0 +1,75 @@
+"""Kill -9 a real run in the middle of the search, rerun the same command: same results as uninterrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from swift_scale.io import read_jsonl
+
+from .conftest import ROOT, cli, tiny_overrides
+
+EXTRA = ["search.trials=6", "search.n_init=2"]
+
+
+def _kill_when(out, predicate, args, timeout=120):
+    proc = subprocess.Popen([sys.executable, "-m", "swift_scale.cli", "run", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if predicate(out):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return False
+
+
+@pytest.mark.slow
+def test_kill_during_search_and_resume(tmp_path, digits_shards):
+    ref = tmp_path / "ref"
+    assert cli("run", *tiny_overrides(digits_shards, ref, *EXTRA)).returncode == 0
+    out = tmp_path / "killed"
+    args = tiny_overrides(digits_shards, out, *EXTRA)
+    hist = out / "search" / "history.jsonl"
+    killed = _kill_when(out, lambda o: hist.exists() and len(read_jsonl(hist)) >= 3, args)
+    assert killed, "the run finished before it could be killed"
+    assert not (out / "summary.json").exists()
+    done_before = len(read_jsonl(hist))
+    assert 3 <= done_before < 6
+    res = cli("run", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = read_jsonl(ref / "search" / "history.jsonl"), read_jsonl(hist)
+    assert [r["trial"] for r in b] == list(range(6))  # no trial lost or repeated
+    assert [r["params"] for r in a] == [r["params"] for r in b]
+    assert [r["score"] for r in a] == [r["score"] for r in b]
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, out))
+    assert sa["baseline"] == sb["baseline"] and sa["swift"] == sb["swift"]
+
+
+@pytest.mark.slow
+def test_kill_during_pretrain_resumes_from_epoch_checkpoint(tmp_path, digits_shards):
+    ref = tmp_path / "ref"
+    extra = ["train.epochs=4", "search.trials=2"]
+    assert cli("run", *tiny_overrides(digits_shards, ref, *extra)).returncode == 0
+    out = tmp_path / "killed"
+    args = tiny_overrides(digits_shards, out, *extra)
+    state = out / "pretrain" / "ckpt" / "state.json"
+    killed = _kill_when(out, lambda o: state.exists() and json.loads(state.read_text())["epoch"] >= 2, args)
+    assert killed
+    assert not (out / "pretrain" / "metrics.json").exists()
+    res = cli("run", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    pa, pb = (json.loads((d / "pretrain" / "metrics.json").read_text()) for d in (ref, out))
+    assert pa["test"] == pb["test"] and [r["train_loss"] for r in pa["curve"]] == [r["train_loss"] for r in pb["curve"]]
