@@ -74,12 +74,18 @@ def test_run_end_to_end_writes_every_contract_file(tmp_path, digits_shards):
     assert SwiftSampler.load(other / "sampler.json").info["source"] == str(out / "sampler.json")
 
 
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / "cpu2.yaml")],
+}
+
+
 @pytest.mark.dist
-def test_run_under_two_real_processes(tmp_path, digits_shards):
-    """torchrun, 2 CPU processes (gloo): the whole pipeline, equal steps on both ranks, one set of outputs."""
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_run_under_two_real_processes(tmp_path, digits_shards, launcher):
+    """2 CPU processes (gloo) via torchrun and via the shipped accelerate config: the whole pipeline."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "swift_scale.cli", "run", *tiny_overrides(digits_shards, out)]
+    cmd = [sys.executable, *LAUNCHERS[launcher], "-m", "swift_scale.cli", "run", *tiny_overrides(digits_shards, out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
