@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         # model factory, sampler schema and similar user-facing checks raise ValueError with one line
         return _fail(str(e).splitlines()[0])
+    except RuntimeError as e:  # e.g. every search trial failed: not a usage error, but still one clear line
+        print(f"swift-scale: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

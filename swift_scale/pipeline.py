@@ -30,7 +30,7 @@ from swift_scale.features.store import FeatureStore
 from swift_scale.io import atomic_write_json, atomic_write_text
 from swift_scale.sampler.swift import SwiftSampler
 from swift_scale.search.engine import SearchEngine
-from swift_scale.train.loop import Split, TrialFailed, evaluate, extract_features, train_model
+from swift_scale.train.loop import Split, evaluate, extract_features, train_model
 from swift_scale.train.models import create_model
 
 __all__ = ["Pipeline", "PHASES"]
@@ -262,7 +262,7 @@ class Pipeline:
                 model, _ = self._train(probs, s.finetune_epochs, lr, None, state=state0, desc=f"trial {trial.index}",
                                        eval_each_epoch=False)
                 score = evaluate(self.acc, model, self.data.val)["accuracy"]
-            except (TrialFailed, RuntimeError, FloatingPointError) as e:
+            except Exception as e:  # noqa: BLE001 - any failure inside a trial is recorded, never fatal
                 error = f"{type(e).__name__}: {e}"
             self.acc.free_memory()
             self.acc.wait_for_everyone()
@@ -280,7 +280,8 @@ class Pipeline:
                 logger.info("trial %d score %s (best %.4f)", trial.index, rec["score"], best["score"] if best else float("nan"))
         best = engine.best()
         if best is None:
-            raise RuntimeError("every search trial failed; see search/history.jsonl for the errors")
+            first = next((r.get("error") for r in engine.history if r.get("error")), "unknown")
+            raise RuntimeError(f"every search trial failed (first: {first}); see {engine.path}")
         sampler = self.make_sampler(np.asarray(best["params"]), store, feats)
         sampler.info = {"trial": best["trial"], "val_score": best["score"], "model": self.cfg.model.name,
                         "run": str(self.dir)}

@@ -109,3 +109,14 @@ def test_tensorboard_tracking(tmp_path, digits_shards):
     assert {"search/score", "search/best_so_far", "pretrain/val_accuracy", "final/test_accuracy",
             "summary/swift_test_accuracy"} <= tags
     assert len(acc.Scalars("search/score")) == 3
+
+
+def test_failed_trials_are_recorded_with_reason(tmp_path, digits_shards):
+    """A fine-tune learning rate that diverges makes every trial fail: each is recorded, the run says so."""
+    out = tmp_path / "diverge"
+    res = cli("run", *tiny_overrides(digits_shards, out, "search.lr=1e30"))
+    assert res.returncode == 1 and "every search trial failed" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    hist = read_jsonl(out / "search" / "history.jsonl")
+    assert len(hist) == 3 and all(h["status"] == "failed" and h["score"] is None for h in hist)
+    assert "non-finite training loss" in hist[0]["error"]
