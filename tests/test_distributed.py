@@ -1,0 +1,76 @@
+"""Real 2-process (gloo) runs in one pytest process via accelerate.debug_launcher."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import debug_launcher
+
+SHARD_COUNTS = [5, 50, 500]  # uneven on purpose: fewer shards than ranks × workers would still be fine
+
+
+def _data():
+    from swift_scale.train.loop import Split
+
+    g = torch.Generator().manual_seed(0)
+    n = sum(SHARD_COUNTS)
+    images = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return Split(images, labels)
+
+
+def _features_worker(out_dir):
+    from accelerate import Accelerator
+
+    from swift_scale.train.loop import extract_features
+    from swift_scale.train.models import create_model
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = acc.prepare(create_model("swift_cnn", num_classes=10))
+    offsets = np.concatenate([[0], np.cumsum(SHARD_COUNTS)[:-1]]).tolist()
+    extract_features(acc, model, _data(), Path(out_dir), offsets, SHARD_COUNTS, batch_size=64, progress=False)
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+def _train_worker(out_dir):
+    from accelerate import Accelerator
+
+    from swift_scale.train.loop import train_model
+    from swift_scale.train.models import create_model
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = create_model("swift_cnn", num_classes=10)
+    steps = []
+    model.register_forward_hook(lambda *_: steps.append(1) if model.training else None)
+    p = np.random.default_rng(0).random(sum(SHARD_COUNTS)) ** 4  # very uneven probabilities
+    train_model(acc, model, _data(), probs=p / p.sum(), epochs=2, batch_size=48, lr=1e-3, weight_decay=0.0,
+                seed=0, progress=False)
+    Path(out_dir, f"steps-{acc.process_index}.json").write_text(json.dumps(len(steps)))
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+@pytest.mark.dist
+def test_feature_store_from_two_ranks_is_bit_identical_to_one(tmp_path):
+    from swift_scale.features.store import FeatureStore
+
+    debug_launcher(_features_worker, args=(str(tmp_path / "one"),), num_processes=1)
+    debug_launcher(_features_worker, args=(str(tmp_path / "two"),), num_processes=2)
+    one, two = FeatureStore(tmp_path / "one"), FeatureStore(tmp_path / "two")
+    assert one.complete and two.complete
+    assert np.asarray(one.mask).all() and np.asarray(two.mask).all()  # every id written
+    assert (tmp_path / "one" / "features.npy").read_bytes() == (tmp_path / "two" / "features.npy").read_bytes()
+    assert one.meta["quantiles"] == two.meta["quantiles"]
+    assert two.done_units() == {"shard-000000", "shard-000001", "shard-000002"}
+
+
+@pytest.mark.dist
+def test_uneven_shards_equal_steps_on_every_rank(tmp_path):
+    debug_launcher(_train_worker, args=(str(tmp_path),), num_processes=2)
+    steps = [json.loads((tmp_path / f"steps-{r}.json").read_text()) for r in range(2)]
+    assert steps[0] == steps[1] == 2 * int(np.ceil(555 / 48))
