@@ -331,6 +331,8 @@ class Pipeline:
                       {"trials": 0, "best_score": None, "sampler": "transferred"},
             "seconds": self.seconds,
             "world_size": self.acc.num_processes,
+            "device": str(self.acc.device),
+            "mixed_precision": self.cfg.train.mixed_precision,
             "seed": self.cfg.seed,
         }
         if len(self.data.flipped):
