@@ -51,7 +51,7 @@ class DataConfig:
     noise_rate: float = 0.0
     """Fraction of training labels flipped to a different random class (symmetric noise), in [0, 1)."""
     noise_seed: int = 0
-    """Seed of the noise; the flipped ids are saved in the run folder (``noise.json``)."""
+    """Seed of the noise (0 = use the top-level ``seed``); the flipped ids are saved in ``noise.json``."""
     allow_pipe: bool = False
     """Allow ``pipe:`` shard URLs (they run shell commands; off unless you trust the config)."""
 
