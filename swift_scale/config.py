@@ -52,6 +52,9 @@ class DataConfig:
     """Fraction of training labels flipped to a different random class (symmetric noise), in [0, 1)."""
     noise_seed: int = 0
     """Seed of the noise (0 = use the top-level ``seed``); the flipped ids are saved in ``noise.json``."""
+    on_error: str = "skip"
+    """A bad sample (undecodable image, missing field or label, wrong shape): ``skip`` it — counted per
+    (shard, key) in ``data_errors.json`` and summary.json, never sampled — or ``fail`` at once."""
     allow_pipe: bool = False
     """Allow ``pipe:`` shard URLs (they run shell commands; off unless you trust the config)."""
 
@@ -152,6 +155,8 @@ class Config:
         for split in ("train", "val", "test"):
             need(bool(getattr(self.data, split)), f"data.{split}", "is empty; give a shard pattern")
         need(0 <= self.data.noise_rate < 1, "data.noise_rate", f"must be in [0, 1), got {self.data.noise_rate}")
+        need(self.data.on_error in ("skip", "fail"), "data.on_error",
+             f"must be skip or fail, got {self.data.on_error!r}")
         need(self.data.num_classes >= 0, "data.num_classes", "must be >= 0 (0 = infer)")
         need(self.model.in_chans in (1, 3), "model.in_chans", f"must be 1 or 3, got {self.model.in_chans}")
         need(self.model.image_size >= 0, "model.image_size", "must be >= 0")

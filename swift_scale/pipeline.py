@@ -47,6 +47,8 @@ class Data:
     test: Split
     num_classes: int
     flipped: np.ndarray
+    num_errors: int = 0
+    train_valid: np.ndarray | None = None  # False for skipped training rows (never sampled)
 
 
 class Pipeline:
@@ -132,24 +134,35 @@ class Pipeline:
     def _load_data(self) -> Data:
         index = self.index()
         d, m = self.cfg.data, self.cfg.model
-        arrays = {s: load_split(index[s], image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans,
-                                image_size=m.image_size, field=f"data.{s}") for s in index}
-        num_classes = d.num_classes or int(max(a[1].max() for a in arrays.values())) + 1
-        for s, (_, labels) in arrays.items():
-            if labels.max() >= num_classes:
-                raise DataError(f"data.{s}: label {labels.max()} >= data.num_classes={num_classes}")
-        train_x, train_y = arrays["train"]
-        noisy, flipped = symmetric_label_noise(train_y, d.noise_rate, num_classes, d.noise_seed or self.cfg.seed)
+        loaded = {s: load_split(index[s], image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans,
+                                image_size=m.image_size, field=f"data.{s}", on_error=d.on_error) for s in index}
+        errors = [{"split": s, **e} for s, ld in loaded.items() for e in ld.errors]
+        if errors:
+            logger.warning("skipped %d bad sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
+                           len(errors), errors[0]["url"], errors[0]["key"], errors[0]["reason"],
+                           self.dir / "data_errors.json")
+        if self.acc.is_main_process:
+            atomic_write_json(self.dir / "data_errors.json", {"count": len(errors), "errors": errors})
+        num_classes = d.num_classes or int(max(ld.labels[ld.valid].max() for ld in loaded.values())) + 1
+        for s, ld in loaded.items():
+            if ld.labels[ld.valid].max() >= num_classes:
+                raise DataError(f"data.{s}: label {ld.labels[ld.valid].max()} >= data.num_classes={num_classes}")
+        train = loaded["train"]
+        noisy, flipped = symmetric_label_noise(train.labels, d.noise_rate, num_classes, d.noise_seed or self.cfg.seed)
         if self.acc.is_main_process and d.noise_rate > 0:
             atomic_write_json(self.dir / "noise.json", {"rate": d.noise_rate, "num_flipped": len(flipped),
                                                         "flipped_ids": flipped.tolist(),
-                                                        "clean_labels": train_y[flipped].tolist(),
+                                                        "clean_labels": train.labels[flipped].tolist(),
                                                         "noisy_labels": noisy[flipped].tolist()})
 
         def split(x, y):
             return Split(torch.from_numpy(x), torch.from_numpy(y))
 
-        return Data(index, split(train_x, noisy), split(*arrays["val"]), split(*arrays["test"]), num_classes, flipped)
+        def eval_split(ld):  # evaluation needs no global ids: drop skipped rows
+            return split(ld.images[ld.valid], ld.labels[ld.valid])
+
+        return Data(index, split(train.images, noisy), eval_split(loaded["val"]), eval_split(loaded["test"]),
+                    num_classes, flipped, len(errors), None if train.valid.all() else train.valid)
 
     # -- helpers --------------------------------------------------------------------------------------------
     def new_model(self, state: dict | None = None) -> torch.nn.Module:
@@ -169,6 +182,10 @@ class Pipeline:
         """
         t = self.cfg.train
         model = self.new_model(state)
+        valid = self.data.train_valid
+        if valid is not None:  # skipped (bad) samples keep their row and id but are never drawn
+            probs = (np.full(len(valid), 1.0) if probs is None else np.asarray(probs, dtype=np.float64)) * valid
+            probs = probs / probs.sum() if probs.sum() > 0 else valid / valid.sum()
 
         def on_epoch(epoch, m):
             if hook is not None:
@@ -331,6 +348,7 @@ class Pipeline:
                       {"trials": 0, "best_score": None, "sampler": "transferred"},
             "seconds": self.seconds,
             "world_size": self.acc.num_processes,
+            "data_errors": self.data.num_errors,
             "device": str(self.acc.device),
             "mixed_precision": self.cfg.train.mixed_precision,
             "seed": self.cfg.seed,

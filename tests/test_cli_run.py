@@ -120,3 +120,24 @@ def test_failed_trials_are_recorded_with_reason(tmp_path, digits_shards):
     hist = read_jsonl(out / "search" / "history.jsonl")
     assert len(hist) == 3 and all(h["status"] == "failed" and h["score"] is None for h in hist)
     assert "non-finite training loss" in hist[0]["error"]
+
+
+def test_corrupt_training_samples_are_skipped_and_reported(tmp_path, digits_shards):
+    from .test_data import _corrupt_shard
+
+    bad = tmp_path / "bad-000000.tar"
+    _corrupt_shard(bad)
+    train = digits_shards["train"].replace("{000000..000003}", "{000000..000001}") + "::" + str(bad)
+    out = tmp_path / "skip"
+    args = [a if not a.startswith("data.train=") else f"data.train={train}" for a in tiny_overrides(digits_shards, out)]
+    res = cli("run", *args, "model.image_size=8")
+    assert res.returncode == 0, res.stderr[-2000:]
+    # model.image_size resizes the 6x6 sample, so 3 of the 6 are bad
+    assert "skipped 3 bad sample(s)" in res.stderr
+    report = json.loads((out / "data_errors.json").read_text())
+    assert report["count"] == 3 and {e["key"] for e in report["errors"]} == {"badpng", "nolabel", "label"}
+    assert all(e["split"] == "train" and e["url"] == str(bad) for e in report["errors"])
+    assert json.loads((out / "summary.json").read_text())["data_errors"] == 3
+    fail = cli("run", *[a.replace(str(out), str(tmp_path / "fail")) for a in args], "model.image_size=8",
+               "data.on_error=fail")
+    assert fail.returncode == 2 and "badpng" in fail.stderr and len(fail.stderr.strip().splitlines()) == 1

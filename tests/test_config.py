@@ -109,3 +109,25 @@ def test_cli_bad_sampler_file(tmp_path):
 
 def test_config_error_is_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_cli_empty_val_split(tmp_path, digits_shards):
+    import webdataset as wds
+
+    empty = tmp_path / "empty-000000.tar"
+    with wds.TarWriter(str(empty)):
+        pass
+    args = [a if not a.startswith("data.val=") else f"data.val={empty}" for a in tiny_overrides(digits_shards, tmp_path / "r")]
+    res = cli("run", *args)
+    assert res.returncode == 2 and "data.val" in res.stderr and "empty" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_corrupt_checkpoint_is_named(tmp_path, digits_shards):
+    out = tmp_path / "r"
+    args = tiny_overrides(digits_shards, out, "train.epochs=1", "search.trials=1")
+    assert cli("run", *args).returncode == 0
+    (out / "pretrain" / "metrics.json").unlink()  # force the pretrain phase to resume from its checkpoint
+    (out / "pretrain" / "ckpt" / "state.json").write_text("{broken")
+    res = cli("run", *args)
+    assert res.returncode == 2 and "checkpoint cannot be loaded" in res.stderr and "ckpt" in res.stderr

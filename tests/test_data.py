@@ -16,7 +16,9 @@ def test_shard_table_and_global_ids(tmp_path):
     assert len(urls) == 3
     index = build_index(urls)
     assert index.counts == [10, 10, 5] and index.offsets == [0, 10, 20] and index.total == 25
-    x, y = load_split(index)
+    ld = load_split(index)
+    x, y = ld.images, ld.labels
+    assert ld.valid.all() and ld.errors == []
     np.testing.assert_array_equal(x[:, 0], images)  # row = global id = offset + position
     np.testing.assert_array_equal(y, labels)
 
@@ -27,7 +29,8 @@ def test_reads_what_shardwriter_wrote(tmp_path):
         for i in range(6):
             sink.write({"__key__": f"k{i}", "png": np.full((5, 5), i * 10, np.uint8), "cls": i % 2})
     index = build_index(expand_shards(str(tmp_path / "u-{000000..000001}.tar")))
-    x, y = load_split(index)
+    ld = load_split(index)
+    x, y = ld.images, ld.labels
     assert x.shape == (6, 1, 5, 5) and list(y) == [0, 1, 0, 1, 0, 1] and x[3, 0, 0, 0] == 30
 
 
@@ -49,7 +52,7 @@ def test_missing_label_field_is_named(tmp_path):
     with wds.TarWriter(str(path)) as sink:
         sink.write({"__key__": "a", "png": np.zeros((4, 4), np.uint8)})
     with pytest.raises(DataError, match="lacks field 'cls'"):
-        load_split(build_index([str(path)]))
+        load_split(build_index([str(path)]), on_error="fail")
     assert tarfile.is_tarfile(path)
 
 
@@ -65,3 +68,28 @@ def test_symmetric_noise_exact_and_reproducible():
     np.testing.assert_array_equal(noisy, noisy2)
     # new classes are spread over the other classes
     assert len(np.unique((noisy[flipped] - labels[flipped]) % 10)) == 9
+
+
+def _corrupt_shard(path):
+    """5 samples: good, undecodable png, missing cls, wrong shape, non-integer label, good."""
+    with wds.TarWriter(str(path)) as sink:
+        sink.write({"__key__": "ok0", "png": np.full((4, 4), 7, np.uint8), "cls": 1})
+        sink.write({"__key__": "badpng", "png": b"not a png", "cls": 2})
+        sink.write({"__key__": "nolabel", "png": np.zeros((4, 4), np.uint8)})
+        sink.write({"__key__": "shape", "png": np.zeros((6, 6), np.uint8), "cls": 0})
+        sink.write({"__key__": "label", "png": np.zeros((4, 4), np.uint8), "cls": b"cat"})
+        sink.write({"__key__": "ok1", "png": np.full((4, 4), 9, np.uint8), "cls": 3})
+
+
+def test_bad_samples_skipped_and_counted_by_url_and_key(tmp_path):
+    path = tmp_path / "c-000000.tar"
+    _corrupt_shard(path)
+    index = build_index([str(path)])
+    assert index.total == 6
+    ld = load_split(index, on_error="skip")
+    assert ld.valid.tolist() == [True, False, False, False, False, True]
+    assert [(e["url"], e["key"]) for e in ld.errors] == [(str(path), k) for k in ("badpng", "nolabel", "shape", "label")]
+    assert "cannot be decoded" in ld.errors[0]["reason"] and "lacks field 'cls'" in ld.errors[1]["reason"]
+    assert ld.labels[5] == 3 and ld.images[5, 0, 0, 0] == 9  # ids after the bad ones keep their rows
+    with pytest.raises(DataError, match="'badpng' cannot be decoded"):
+        load_split(index, on_error="fail")

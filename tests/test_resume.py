@@ -73,3 +73,26 @@ def test_kill_during_pretrain_resumes_from_epoch_checkpoint(tmp_path, digits_sha
     assert res.returncode == 0, res.stderr[-2000:]
     pa, pb = (json.loads((d / "pretrain" / "metrics.json").read_text()) for d in (ref, out))
     assert pa["test"] == pb["test"] and [r["train_loss"] for r in pa["curve"]] == [r["train_loss"] for r in pb["curve"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["features", "final"])
+def test_kill_during_features_or_final_resumes(tmp_path, digits_shards, phase):
+    extra = ["train.epochs=4", "search.trials=2"]
+    ref = tmp_path / "ref"
+    assert cli("run", *tiny_overrides(digits_shards, ref, *extra)).returncode == 0
+    out = tmp_path / "killed"
+    args = tiny_overrides(digits_shards, out, *extra)
+    if phase == "features":
+        marker = out / "features" / "done"
+        killed = _kill_when(out, lambda o: marker.exists() and any(marker.iterdir()), args)
+    else:
+        state = out / "final" / "ckpt" / "state.json"
+        killed = _kill_when(out, lambda o: state.exists() and json.loads(state.read_text())["epoch"] >= 1, args)
+    assert killed
+    assert not (out / "summary.json").exists()
+    res = cli("run", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "features" / "features.npy").read_bytes() == (ref / "features" / "features.npy").read_bytes()
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, out))
+    assert sa["baseline"] == sb["baseline"] and sa["swift"] == sb["swift"]

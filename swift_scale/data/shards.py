@@ -17,7 +17,7 @@ import webdataset as wds
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
-__all__ = ["DataError", "ShardIndex", "expand_shards", "build_index", "load_split"]
+__all__ = ["DataError", "ShardIndex", "LoadedSplit", "expand_shards", "build_index", "load_split"]
 
 
 class DataError(ValueError):
@@ -103,42 +103,77 @@ def _decode_image(data: bytes, in_chans: int, image_size: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+@dataclass
+class LoadedSplit:
+    """A decoded split: images uint8 [N, C, H, W], labels int64 [N] (row = global id), ``valid`` bool [N]
+    (False where a sample was skipped; its row holds zeros) and the skipped samples as (url, key, reason)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    valid: np.ndarray
+    errors: list[dict]
+
+
 def load_split(index: ShardIndex, *, image_key: str = "png", label_key: str = "cls", in_chans: int = 1,
-               image_size: int = 0, field: str = "data") -> tuple[np.ndarray, np.ndarray]:
-    """Decode a whole split into memory: images uint8 [N, C, H, W], labels int64 [N], row = global id."""
+               image_size: int = 0, field: str = "data", on_error: str = "fail") -> LoadedSplit:
+    """Decode a whole split into memory, keeping global ids as row numbers.
+
+    ``on_error="fail"`` stops at the first bad sample (undecodable image, missing field or label, wrong shape)
+    with a one-line :class:`DataError` naming the shard and key; ``"skip"`` records it and goes on (the row
+    stays, marked invalid, so global ids never shift). A shard that cannot be read at all always fails.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     if index.total == 0:
         raise DataError(f"{field}: the split has no samples ({len(index.urls)} shard(s), all empty)")
-    images: list[np.ndarray] = []
-    labels = np.empty(index.total, dtype=np.int64)
+    images: list[np.ndarray | None] = []
+    labels = np.zeros(index.total, dtype=np.int64)
+    errors: list[dict] = []
+    shape = None
+
+    def bad(url, key, reason):
+        if on_error == "fail":
+            raise DataError(f"{url}: sample {key!r} {reason}")
+        errors.append({"url": url, "key": key, "reason": reason})
+        images.append(None)
+
     for url, offset, count in zip(index.urls, index.offsets, index.counts):
         pipe = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
         n = 0
         try:
             for sample in pipe:
+                if n >= count:
+                    raise DataError(f"{url}: more samples than indexed; delete the run's index.json")
                 key = sample.get("__key__")
-                if image_key not in sample or label_key not in sample:
-                    raise DataError(f"{url}: sample {key!r} lacks field {image_key if image_key not in sample else label_key!r}"
-                                    f" (has {sorted(k for k in sample if not k.startswith('__'))}); "
-                                    "set data.image_key / data.label_key")
+                n += 1
+                missing = [k for k in (image_key, label_key) if k not in sample]
+                if missing:
+                    have = sorted(k for k in sample if not k.startswith("__"))
+                    bad(url, key, f"lacks field {missing[0]!r} (has {have}); set data.image_key / data.label_key")
+                    continue
                 try:
                     img = _decode_image(sample[image_key], in_chans, image_size)
                     label = int(sample[label_key].decode().strip())
                 except Exception as e:
-                    raise DataError(f"{url}: sample {key!r} cannot be decoded ({type(e).__name__}: {e})") from None
-                if images and img.shape != images[0].shape:
-                    raise DataError(f"{url}: sample {key!r} has shape {img.shape}, others {images[0].shape}; "
-                                    "set model.image_size to resize")
-                if n >= count:
-                    raise DataError(f"{url}: more samples than indexed; delete the run's index.json")
+                    bad(url, key, f"cannot be decoded ({type(e).__name__}: {str(e).split(' <')[0]})")
+                    continue
+                if label < 0:
+                    bad(url, key, f"has a negative label {label}")
+                    continue
+                if shape is not None and img.shape != shape:
+                    bad(url, key, f"has shape {img.shape}, others {shape}; set model.image_size to resize")
+                    continue
+                shape = img.shape
                 images.append(img)
-                labels[offset + n] = label
-                n += 1
+                labels[offset + n - 1] = label
         except DataError:
             raise
         except Exception as e:
             raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e})") from None
         if n != count:
             raise DataError(f"{url}: {n} samples read but {count} indexed; the shard changed — delete index.json")
-    if labels.min() < 0:
-        raise DataError(f"{field}: negative class labels found")
-    return np.stack(images), labels
+    if shape is None:
+        raise DataError(f"{field}: no sample could be decoded ({len(errors)} skipped; first: {errors[0]})")
+    valid = np.array([im is not None for im in images])
+    zeros = np.zeros(shape, dtype=np.uint8)
+    return LoadedSplit(np.stack([im if im is not None else zeros for im in images]), labels, valid, errors)

@@ -69,8 +69,12 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, data: Split, *
     start, curve = 0, []
     state_file = ckpt_dir / "state.json" if ckpt_dir else None
     if state_file is not None and state_file.exists():
-        saved = json.loads(state_file.read_text())
-        accelerator.load_state(str(ckpt_dir / "accelerate"))
+        try:
+            saved = json.loads(state_file.read_text())
+            accelerator.load_state(str(ckpt_dir / "accelerate"))
+        except Exception as e:  # written atomically by us, so this is outside damage: say what to delete
+            raise ValueError(f"{ckpt_dir}: checkpoint cannot be loaded ({type(e).__name__}); "
+                             f"delete {ckpt_dir} to redo this training from its start") from None
         start, curve = int(saved["epoch"]), list(saved["curve"])
     for epoch in range(start, epochs):
         model.train()
