@@ -1,12 +1,20 @@
-"""Real 2-process (gloo) runs in one pytest process via accelerate.debug_launcher."""
+"""Real 2-process (gloo) runs via accelerate.debug_launcher.
+
+The launcher forks; forking a process whose torch thread pools are already running (any earlier test) can
+deadlock the children, so each launch runs in a fresh interpreter: ``python -m tests.test_distributed``.
+"""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from accelerate import debug_launcher
+
+from .conftest import ROOT
 
 SHARD_COUNTS = [5, 50, 500]  # uneven on purpose: fewer shards than ranks × workers would still be fine
 
@@ -59,8 +67,8 @@ def _train_worker(out_dir):
 def test_feature_store_from_two_ranks_is_bit_identical_to_one(tmp_path):
     from swift_scale.features.store import FeatureStore
 
-    debug_launcher(_features_worker, args=(str(tmp_path / "one"),), num_processes=1)
-    debug_launcher(_features_worker, args=(str(tmp_path / "two"),), num_processes=2)
+    _launch("features", tmp_path / "one", 1)
+    _launch("features", tmp_path / "two", 2)
     one, two = FeatureStore(tmp_path / "one"), FeatureStore(tmp_path / "two")
     assert one.complete and two.complete
     assert np.asarray(one.mask).all() and np.asarray(two.mask).all()  # every id written
@@ -71,6 +79,17 @@ def test_feature_store_from_two_ranks_is_bit_identical_to_one(tmp_path):
 
 @pytest.mark.dist
 def test_uneven_shards_equal_steps_on_every_rank(tmp_path):
-    debug_launcher(_train_worker, args=(str(tmp_path),), num_processes=2)
+    _launch("train", tmp_path, 2)
     steps = [json.loads((tmp_path / f"steps-{r}.json").read_text()) for r in range(2)]
     assert steps[0] == steps[1] == 2 * int(np.ceil(555 / 48))
+
+
+def _launch(worker: str, out_dir: Path, num_processes: int) -> None:
+    res = subprocess.run([sys.executable, "-m", "tests.test_distributed", worker, str(out_dir), str(num_processes)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+if __name__ == "__main__":
+    fn = {"features": _features_worker, "train": _train_worker}[sys.argv[1]]
+    debug_launcher(fn, args=(sys.argv[2],), num_processes=int(sys.argv[3]))
