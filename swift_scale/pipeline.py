@@ -283,17 +283,12 @@ class Pipeline:
                 error = f"{type(e).__name__}: {e}"
             self.acc.free_memory()
             self.acc.wait_for_everyone()
-            if self.acc.is_main_process:
-                rec = engine.tell(trial, score, error=error)
-            else:
-                rec = None
-                engine.history.append({"trial": trial.index, "params": trial.theta.tolist(), "score": score,
-                                       "status": "ok" if score is not None else "failed"})
+            rec = engine.tell(trial, score, error=error, persist=self.acc.is_main_process)
             self.acc.wait_for_everyone()
             best = engine.best()
-            self.log("search", {"score": score if score is not None else float("nan"),
+            self.log("search", {"score": rec["score"] if rec["score"] is not None else float("nan"),
                                 "best_so_far": best["score"] if best else float("nan")}, trial.index)
-            if rec is not None:
+            if self.acc.is_main_process:
                 logger.info("trial %d score %s (best %.4f)", trial.index, rec["score"], best["score"] if best else float("nan"))
         best = engine.best()
         if best is None:

@@ -81,3 +81,13 @@ def test_torn_last_line_and_bad_history(tmp_path):
     path.write_text('{"trial": 5, "params": [0.1]}\n')
     with pytest.raises(ValueError, match="corrupt or from another search"):
         SearchEngine(path)
+
+
+def test_tell_without_persist_keeps_file_untouched(tmp_path):
+    main = SearchEngine(tmp_path / "h.jsonl", seed=0, **SMOKE)
+    other = SearchEngine(tmp_path / "h.jsonl", seed=0, **SMOKE)
+    t = main.ask()
+    main.tell(t, math.nan)
+    rec = other.tell(other.ask(), math.nan, persist=False)  # a non-main rank: same record, no second line
+    assert rec["status"] == "failed" and rec["params"] == main.history[0]["params"]
+    assert len(read_jsonl(tmp_path / "h.jsonl")) == 1 and other.num_trials == 1

@@ -131,7 +131,8 @@ def write_report(run_dir: str | Path) -> Path:
     plot_prob_vs_loss(sampler, feats, flipped, out / PLOTS[1])
     plot_search(history, out / PLOTS[2])
     plot_curves(pre, fin, out / PLOTS[3])
-    p = sampler.probs(feats) * len(sampler.probs(feats))
+    p = sampler.probs(feats)
+    p *= len(p)  # in units of the uniform probability
     lines = [
         f"# swift_scale report: {run_dir.name}",
         "",

@@ -107,8 +107,13 @@ class SearchEngine:
             theta, how = self._bo(t)
         return Trial(t, np.clip(theta, 0.0, 1.0), how, time.time())
 
-    def tell(self, trial: Trial, score: float | None, *, error: str | None = None, extra: dict | None = None) -> dict:
-        """Record the outcome of ``trial`` (a None/NaN score or an error marks it failed) and append it."""
+    def tell(self, trial: Trial, score: float | None, *, error: str | None = None, extra: dict | None = None,
+             persist: bool = True) -> dict:
+        """Record the outcome of ``trial`` (a None/NaN score or an error marks it failed) and append it.
+
+        ``persist=False`` updates only this engine's in-memory history: in a multi-process run every rank
+        tells, so all ranks agree on the next proposal, and only the main rank writes the file.
+        """
         if trial.index != self.num_trials:
             raise ValueError(f"trial {trial.index} told out of order; next expected is {self.num_trials}")
         ok = error is None and score is not None and math.isfinite(score)
@@ -124,7 +129,8 @@ class SearchEngine:
             rec["error"] = error or f"non-finite score {score!r}"
         if extra:
             rec.update(extra)
-        append_jsonl(self.path, rec)
+        if persist:
+            append_jsonl(self.path, rec)
         self.history.append(rec)
         return rec
 
