@@ -69,6 +69,9 @@ class ModelConfig:
     """Image channels (1 = grayscale, 3 = RGB)."""
     image_size: int = 0
     """Resize images to this size; 0 = keep the stored size."""
+    kwargs: dict = field(default_factory=dict)
+    """Extra constructor arguments, e.g. ``{drop_rate: 0.1}`` for timm or ``{width: 16, stem_stride: 2}`` for
+    swift_cnn; on the command line ``model.kwargs.width=16``."""
 
 
 @dataclass
@@ -85,6 +88,8 @@ class SamplerConfig:
     """The two features aggregated by the sampler."""
     transform: str = "cgf"
     """``cgf`` (gradient-mass CDF, the paper's smoothing) or ``cdf`` (identity, ablation)."""
+    segments: int = 4
+    """Linear pieces S of φ; θ has 2S + 2 entries (10 for the paper's S = 4)."""
 
 
 @dataclass
@@ -117,6 +122,9 @@ class TrainConfig:
     """Global batch size (split over processes)."""
     lr: float = 1e-3
     """AdamW learning rate."""
+    schedule: str = "constant"
+    """Learning-rate schedule of every training (pretrain, trials, final, rules): ``constant`` or ``cosine``
+    (to 0 over that training's steps)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     cpu: bool = False
@@ -163,6 +171,8 @@ class Config:
         need(self.train.epochs >= 1, "train.epochs", f"must be >= 1, got {self.train.epochs}")
         need(self.train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.train.batch_size}")
         need(self.train.lr > 0, "train.lr", f"must be > 0, got {self.train.lr}")
+        need(self.train.schedule in ("constant", "cosine"), "train.schedule",
+             f"must be constant or cosine, got {self.train.schedule!r}")
         need(self.train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         need(self.train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision",
              f"must be no, fp16 or bf16, got {self.train.mixed_precision!r}")
@@ -171,6 +181,7 @@ class Config:
         need(len(self.sampler.features) == 2, "sampler.features", "must name exactly 2 features")
         need(self.sampler.transform in ("cgf", "cdf"), "sampler.transform",
              f"must be cgf or cdf, got {self.sampler.transform!r}")
+        need(1 <= self.sampler.segments <= 16, "sampler.segments", f"must be in [1, 16], got {self.sampler.segments}")
         need(self.search.trials >= 1, "search.trials", f"must be >= 1, got {self.search.trials}")
         need(self.search.finetune_epochs >= 1, "search.finetune_epochs", "must be >= 1")
         need(self.search.strategy in ("bo", "random"), "search.strategy",
@@ -226,6 +237,10 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [str(v) for v in value]
+    if isinstance(current, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
     if value is None or isinstance(value, str):
         return None if value in (None, "null", "None", "") and current is None else value
     if current is None:
@@ -244,6 +259,9 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
             guess = difflib.get_close_matches(dotted, options, n=1)
             hint = f"; did you mean {guess[0]}?" if guess else f"; known keys: {', '.join(options)}"
             raise ConfigError(f"{dotted}: unknown config key{hint}")
+        if isinstance(getattr(obj, part), dict) and i < len(parts) - 1:  # free-form mapping, e.g. model.kwargs
+            getattr(obj, part)[".".join(parts[i + 1:])] = yaml.safe_load(value) if isinstance(value, str) else value
+            return
         if i == len(parts) - 1:
             current = getattr(obj, part)
             if dataclasses.is_dataclass(current):

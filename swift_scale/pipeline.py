@@ -28,7 +28,7 @@ from swift_scale.data import (
 )
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import atomic_write_json, atomic_write_text
-from swift_scale.sampler.swift import SwiftSampler
+from swift_scale.sampler.swift import SwiftSampler, num_params, uniform_theta
 from swift_scale.search.engine import SearchEngine
 from swift_scale.train.loop import Split, evaluate, extract_features, train_model
 from swift_scale.train.models import create_model
@@ -169,7 +169,7 @@ class Pipeline:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)
             model = create_model(self.cfg.model.name, self.data.num_classes, self.cfg.model.in_chans,
-                                 self.cfg.model.checkpoint)
+                                 self.cfg.model.checkpoint, **self.cfg.model.kwargs)
         if state is not None:
             model.load_state_dict(state)
         return model
@@ -200,7 +200,7 @@ class Pipeline:
 
         curve = train_model(self.acc, model, self.data.train, probs=probs, epochs=epochs, batch_size=t.batch_size,
                             lr=lr, weight_decay=t.weight_decay, seed=self.cfg.seed, ckpt_dir=ckpt_dir,
-                            on_epoch=on_epoch, desc=desc, progress=t.progress)
+                            on_epoch=on_epoch, desc=desc, progress=t.progress, schedule=t.schedule)
         return model, curve
 
     def _unwrapped_state(self, model) -> dict:
@@ -266,8 +266,10 @@ class Pipeline:
         s = self.cfg.search
         store = self.features()
         feats = self._train_features(store)
-        engine = SearchEngine(self.dir / "search" / "history.jsonl", strategy=s.strategy, seed=self.cfg.seed,
-                              n_init=s.n_init, beta=s.beta, num_restarts=s.num_restarts, raw_samples=s.raw_samples)
+        segments = self.cfg.sampler.segments
+        engine = SearchEngine(self.dir / "search" / "history.jsonl", dim=num_params(segments), strategy=s.strategy,
+                              seed=self.cfg.seed, n_init=s.n_init, beta=s.beta, num_restarts=s.num_restarts,
+                              raw_samples=s.raw_samples, first=uniform_theta(segments))
         state0 = self.theta0()
         lr = s.lr or self.cfg.train.lr
         while engine.num_trials < s.trials:
@@ -302,6 +304,16 @@ class Pipeline:
         self.acc.wait_for_everyone()  # other ranks read sampler.json next
         return best
 
+    def _train_phase(self, out: Path, probs: np.ndarray, desc: str) -> dict:
+        """Train with ``probs`` for the full budget (from scratch unless train.final_from_scratch=false)."""
+        out.mkdir(parents=True, exist_ok=True)
+        state = None if self.cfg.train.final_from_scratch else self.theta0()
+        model, curve = self._train(probs, self.cfg.train.epochs, self.cfg.train.lr, out / "ckpt", state=state,
+                                   desc=desc)
+        metrics = self._finish_training(model, curve, out)
+        self.acc.free_memory()
+        return metrics
+
     def final(self, sampler_path: str | Path | None = None) -> dict:
         out = self.dir / "final"
         if (out / "metrics.json").exists() and sampler_path is None:
@@ -312,20 +324,24 @@ class Pipeline:
             sampler.save(self.dir / "sampler.json")
         self.acc.wait_for_everyone()
         store = self.features()
-        probs = sampler.probs(self._train_features(store))
-        out.mkdir(parents=True, exist_ok=True)
-        state = None if self.cfg.train.final_from_scratch else self.theta0()
-        model, curve = self._train(probs, self.cfg.train.epochs, self.cfg.train.lr, out / "ckpt", state=state,
-                                   desc="final")
-        metrics = self._finish_training(model, curve, out)
-        self.acc.free_memory()
-        return metrics
+        return self._train_phase(out, sampler.probs(self._train_features(store)), "final")
+
+    def rule(self, rule: str) -> dict:
+        """Train with a hand rule (:mod:`swift_scale.sampler.rules`, e.g. ``drop_top_loss:0.2``) at the final
+        budget, into ``rules/<rule>/``; the comparison the benchmarks report next to uniform and SS."""
+        from swift_scale.sampler.rules import rule_probs
+
+        out = self.dir / "rules" / rule.replace(":", "_")
+        if (out / "metrics.json").exists():
+            return json.loads((out / "metrics.json").read_text())
+        probs = rule_probs(rule, self._train_features(self.features()))
+        return self._train_phase(out, probs, f"rule {rule}")
 
     def summary(self) -> dict:
         pre = json.loads((self.dir / "pretrain" / "metrics.json").read_text())
         fin = json.loads((self.dir / "final" / "metrics.json").read_text())
         hist_path = self.dir / "search" / "history.jsonl"
-        engine = SearchEngine(hist_path) if hist_path.exists() else None
+        engine = SearchEngine(hist_path, dim=num_params(self.cfg.sampler.segments)) if hist_path.exists() else None
         best = engine.best() if engine else None
         summary = {
             "task": "classification",

@@ -53,7 +53,7 @@ class KeepByGlobalId:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.threshold, _ = keep_set(self.probs, self.keep_fraction, self.seed, epoch)
+        self.threshold, self.mask = keep_set(self.probs, self.keep_fraction, self.seed, epoch)
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
         position: dict[str, int] = {}
@@ -64,8 +64,7 @@ class KeepByGlobalId:
             if url not in self.offsets:
                 raise KeyError(f"{url} is not in the shard table this stage was built with")
             gid = self.offsets[url] + pos
-            key = race_keys(np.array([gid]), self.probs[gid:gid + 1], self.seed, self.epoch)[0]
-            if key <= self.threshold:
+            if self.mask[gid]:  # = race key of (seed, epoch, gid) <= the epoch's threshold
                 sample["__gid__"] = gid
                 yield sample
 

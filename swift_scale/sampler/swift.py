@@ -8,7 +8,8 @@
   ``cdf`` is the identity (ablation).
 - φ: piecewise linear on [0, 1] with knots 0 = e0 < e1 < e2 < e3 < e4 = 1 and values v0..v4 ≥ 0.
 
-θ ∈ [0, 1]^10 ↔ (e1, e2, e3, v0..v4, w1, w2) is a fixed bijection (:func:`theta_to_params`):
+θ ∈ [0, 1]^10 ↔ (e1, e2, e3, v0..v4, w1, w2) is a fixed bijection (:func:`theta_to_params`); with S segments
+(``sampler.segments``, for the ablation) θ has 2S + 2 entries and the same construction:
 
 - knots by stick-breaking: e1 = 1 − (1 − θ0)^(1/3), e2 = e1 + (1 − e1)(1 − (1 − θ1)^(1/2)),
   e3 = e2 + (1 − e2)θ2 — uniform θ0..2 give the order statistics of 3 uniforms. A gap of δ = 1e-4 is then
@@ -33,46 +34,70 @@ import numpy as np
 
 from swift_scale.io import atomic_write_json
 
-__all__ = ["SwiftSampler", "UNIFORM_THETA", "theta_to_params", "params_to_theta", "NUM_PARAMS"]
+__all__ = ["SwiftSampler", "UNIFORM_THETA", "theta_to_params", "params_to_theta", "NUM_PARAMS", "num_params",
+           "uniform_theta"]
 
-NUM_PARAMS = 10
+NUM_PARAMS = 10  # with the default S = 4 segments; in general 2S + 2
 _DELTA = 1e-4
 _EPS = 1e-7  # knot coordinates are clamped to [ε, 1 − ε] so every stick keeps a length
-_GAP = np.array([1.0, 2.0, 3.0]) * _DELTA
 CGF_BINS = 4096
 SAMPLER_FORMAT = "swift_scale.sampler"
 SAMPLER_VERSION = 1
 
-# Knots at 1/4, 1/2, 3/4 (before the δ gap), all values 1, zero weights.
-UNIFORM_THETA = np.array([1 - 0.75**3, 1 - (2 / 3) ** 2, 0.5, 1, 1, 1, 1, 1, 0.5, 0.5], dtype=np.float64)
+
+def num_params(segments: int = 4) -> int:
+    """Length of θ for φ with ``segments`` linear pieces: (S − 1) knots + (S + 1) values + 2 weights."""
+    if segments < 1:
+        raise ValueError(f"segments must be >= 1, got {segments}")
+    return 2 * segments + 2
+
+
+def _segments_of(n: int) -> int:
+    if n < 4 or n % 2:
+        raise ValueError(f"theta must have 2S + 2 entries (S >= 1 segments; 10 for S = 4), got {n}")
+    return (n - 2) // 2
+
+
+def uniform_theta(segments: int = 4) -> np.ndarray:
+    """The θ of uniform sampling: knots at k/S (before the δ gap), all values 1, zero weights."""
+    k = np.arange(1, segments)
+    sticks = 1 - (1 - 1 / (segments - k + 1)) ** (segments - k)
+    return np.concatenate([sticks, np.ones(segments + 1), [0.5, 0.5]]).astype(np.float64)
+
+
+UNIFORM_THETA = uniform_theta(4)
 
 
 def theta_to_params(theta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """θ [10] in [0,1] → (knots [5] with e0=0, e4=1, strictly increasing; values [5] ≥ 0; weights [2])."""
+    """θ [2S+2] in [0,1] → (knots [S+1] with e0=0, eS=1, strictly increasing; values [S+1] ≥ 0; weights [2])."""
     t = np.asarray(theta, dtype=np.float64)
-    if t.shape != (NUM_PARAMS,):
-        raise ValueError(f"theta must have {NUM_PARAMS} entries, got shape {t.shape}")
+    if t.ndim != 1:
+        raise ValueError(f"theta must be a vector, got shape {t.shape}")
+    S = _segments_of(len(t))
     if not np.all(np.isfinite(t)) or t.min() < 0 or t.max() > 1:
-        raise ValueError(f"theta must lie in [0, 1]^10, got {t.tolist()}")
-    a, b, c = np.clip(t[:3], _EPS, 1 - _EPS)
-    e1 = 1 - (1 - a) ** (1 / 3)
-    e2 = e1 + (1 - e1) * (1 - (1 - b) ** 0.5)
-    e3 = e2 + (1 - e2) * c
-    inner = np.array([e1, e2, e3]) * (1 - 4 * _DELTA) + _GAP
-    knots = np.concatenate([[0.0], inner, [1.0]])
-    return knots, t[3:8].copy(), 2 * t[8:10] - 1
+        raise ValueError(f"theta must lie in [0, 1]^{len(t)}, got {t.tolist()}")
+    sticks = np.clip(t[:S - 1], _EPS, 1 - _EPS)
+    inner, e = [], 0.0
+    for k, a in enumerate(sticks, start=1):  # order statistics of S − 1 uniforms by stick-breaking
+        e = e + (1 - e) * (1 - (1 - a) ** (1 / (S - k)))
+        inner.append(e)
+    gap = np.arange(1, S) * _DELTA
+    knots = np.concatenate([[0.0], np.asarray(inner) * (1 - S * _DELTA) + gap, [1.0]])
+    return knots, t[S - 1:2 * S].copy(), 2 * t[2 * S:2 * S + 2] - 1
 
 
 def params_to_theta(knots, values, weights) -> np.ndarray:
     """Inverse of :func:`theta_to_params` (exact up to float rounding)."""
     knots, values, weights = (np.asarray(x, dtype=np.float64) for x in (knots, values, weights))
-    e1, e2, e3 = np.clip((knots[1:4] - _GAP) / (1 - 4 * _DELTA), 0.0, 1.0)
-    a = 1 - (1 - e1) ** 3
-    b = 1 - (1 - (e2 - e1) / (1 - e1)) ** 2 if e1 < 1 else 0.0
-    c = (e3 - e2) / (1 - e2) if e2 < 1 else 0.0
-    theta = np.concatenate([[a, b, c], values, (weights + 1) / 2])
-    theta[:3] = np.where(np.abs(theta[:3] - _EPS) < 1e-12, 0.0, theta[:3])
-    theta[:3] = np.where(np.abs(theta[:3] - (1 - _EPS)) < 1e-12, 1.0, theta[:3])
+    S = len(knots) - 1
+    e = np.clip((knots[1:S] - np.arange(1, S) * _DELTA) / (1 - S * _DELTA), 0.0, 1.0)
+    sticks, prev = [], 0.0
+    for k, ek in enumerate(e, start=1):
+        sticks.append(1 - (1 - (ek - prev) / (1 - prev)) ** (S - k) if prev < 1 else 0.0)
+        prev = ek
+    theta = np.concatenate([sticks, values, (weights + 1) / 2])
+    theta[:S - 1] = np.where(np.abs(theta[:S - 1] - _EPS) < 1e-12, 0.0, theta[:S - 1])
+    theta[:S - 1] = np.where(np.abs(theta[:S - 1] - (1 - _EPS)) < 1e-12, 1.0, theta[:S - 1])
     return np.clip(theta, 0.0, 1.0)
 
 
@@ -232,6 +257,41 @@ class SwiftSampler:
             return np.full(len(w), 1.0 / len(w))
         return w / total
 
+    def score_store(self, store, out: str | os.PathLike, rows: int = 1 << 20) -> float:
+        """Sampling probabilities of every example in a :class:`FeatureStore`, written to ``out`` (.npy float32
+        [N], summing to 1), in chunks: memory stays O(rows) for any N. Fits the cgf table on the store first
+        (one more chunked pass) when it is not fitted yet. Returns the total unnormalised weight."""
+        if self.transform == "cgf" and self.cgf_table is None:
+            mass = np.zeros(CGF_BINS)
+            count = np.zeros(CGF_BINS)
+            for _, cols in store.iter_chunks(rows):
+                idx = np.minimum((self.score(cols) * CGF_BINS).astype(np.int64), CGF_BINS - 1)
+                mass += np.bincount(idx, weights=np.maximum(cols[self.grad_feature], 0.0), minlength=CGF_BINS)
+                count += np.bincount(idx, minlength=CGF_BINS)
+            cum = np.concatenate([[0.0], np.cumsum(mass if mass.sum() > 0 else count)])
+            self.cgf_table = cum / cum[-1]
+        n = store.num_examples
+        tmp = f"{out}.tmp"
+        with open(tmp, "w+b") as f:  # plain file I/O: no mapped pages, RSS stays O(rows)
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n,)})
+            data_start = f.tell()
+            total = 0.0
+            for _, cols in store.iter_chunks(rows):
+                w = self.weights_of(cols)
+                total += float(w.sum(dtype=np.float64))
+                f.write(w.astype("<f4", copy=False).tobytes())
+            ok = total > 0 and np.isfinite(total)
+            for start in range(0, n, rows):
+                f.seek(data_start + 4 * start)
+                block = np.fromfile(f, dtype="<f4", count=min(rows, n - start))
+                block = block * np.float32(1.0 / total) if ok else np.full(len(block), 1.0 / n, dtype="<f4")
+                f.seek(data_start + 4 * start)
+                f.write(block.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+        return total
+
     # -- persistence ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -269,8 +329,9 @@ class SwiftSampler:
             if not isinstance(d.get(key), typ):
                 raise bad(f"field {key!r} missing or not a {typ.__name__}")
         theta = np.asarray(d["theta"], dtype=np.float64)
-        if theta.shape != (NUM_PARAMS,) or not np.all(np.isfinite(theta)) or theta.min() < 0 or theta.max() > 1:
-            raise bad("field 'theta' must be 10 numbers in [0, 1]")
+        if (theta.ndim != 1 or len(theta) < 4 or len(theta) % 2 or not np.all(np.isfinite(theta))
+                or theta.min() < 0 or theta.max() > 1):
+            raise bad("field 'theta' must be 2S + 2 numbers in [0, 1] (10 for S = 4 segments)")
         for name in d["features"]:
             table = np.asarray(d["quantiles"].get(name, []), dtype=np.float64)
             if table.ndim != 1 or len(table) < 2 or not np.all(np.isfinite(table)) or np.any(np.diff(table) < 0):

@@ -55,11 +55,13 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 def train_model(accelerator: Accelerator, model: torch.nn.Module, data: Split, *, probs: np.ndarray | None,
                 epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
                 ckpt_dir: Path | None = None, on_epoch: Callable[[int, torch.nn.Module], dict] | None = None,
-                desc: str = "train", progress: bool = True) -> list[dict]:
+                desc: str = "train", progress: bool = True, schedule: str = "constant") -> list[dict]:
     """Train ``model`` for ``epochs`` epochs, sampling ids ∝ ``probs`` (None = uniform permutation).
 
     With ``ckpt_dir``, the accelerate state is saved after every epoch and a rerun resumes from the last
     complete epoch. ``on_epoch(epoch, model)`` returns metrics appended to the returned curve.
+    ``schedule``: ``constant`` or ``cosine`` (lr → 0 over all steps); the lr is a pure function of (epoch, step),
+    so resuming needs no scheduler state.
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = max(1, batch_size // world)
@@ -83,6 +85,9 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, data: Split, *
                    disable=None if (progress and accelerator.is_local_main_process) else True)
         total = torch.zeros((), device=accelerator.device)
         for step in bar:
+            if schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + step) / (epochs * steps)))
             x, y = data.batch(ids[step * per_rank:(step + 1) * per_rank], accelerator.device)
             with accelerator.autocast():
                 loss = F.cross_entropy(model(x), y)

@@ -13,14 +13,16 @@ __all__ = ["create_model", "SwiftCNN"]
 class SwiftCNN(nn.Module):
     """A small CNN for 8×8 to 32×32 images: 3 conv blocks, global average pool, linear head."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0, **_):
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0,
+                 stem_stride: int = 1, **_):
         super().__init__()
         w = width
 
-        def block(i, o):
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+        def block(i, o, stride=1):
+            return nn.Sequential(nn.Conv2d(i, o, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(o),
+                                 nn.ReLU(inplace=True))
 
-        self.features = nn.Sequential(block(in_chans, w), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w),
+        self.features = nn.Sequential(block(in_chans, w, stem_stride), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w),
                                       nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(4 * w, num_classes)
@@ -45,7 +47,8 @@ def _register():
             return SwiftCNN(**kwargs)
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 1, checkpoint: str | None = None) -> nn.Module:
+def create_model(name: str, num_classes: int, in_chans: int = 1, checkpoint: str | None = None,
+                 **kwargs) -> nn.Module:
     """``timm.create_model(name, pretrained=False, num_classes, in_chans)``; weights from a local file if given.
 
     Raises ValueError naming the model when timm does not know it (with close matches).
@@ -59,7 +62,10 @@ def create_model(name: str, num_classes: int, in_chans: int = 1, checkpoint: str
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise ValueError(f"model.name: unknown model {name!r}{hint}")
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"model.kwargs: {name} does not accept {sorted(kwargs)} ({e})") from None
     if checkpoint:
         if not os.path.exists(checkpoint):
             raise ValueError(f"model.checkpoint: {checkpoint} does not exist")
