@@ -37,15 +37,17 @@ class RunConfig:
 @dataclass
 class DataConfig:
     train: str = ""
-    """Training shards: a WebDataset pattern such as ``data/digits/train-{000000..000003}.tar``."""
+    """Training data: a WebDataset pattern such as ``data/digits/train-{000000..000003}.tar``, or a Hugging Face
+    dataset: ``hf:DIR`` / ``hf:DIR#SPLIT`` (``save_to_disk``) or ``hf:BUILDER:FILES`` (``hf:parquet:/d/*.parquet``)."""
     val: str = ""
     """Validation shards (scored by the search; keep them clean)."""
     test: str = ""
     """Test shards (only reported, never used to choose anything)."""
     image_key: str = "png"
-    """Sample field holding the image (decoded with PIL, grayscale or RGB per ``model.in_chans``)."""
+    """Sample field holding the image (decoded with PIL, grayscale or RGB per ``model.in_chans``); for ``hf:``
+    sources a missing key falls back to the ``image`` column."""
     label_key: str = "cls"
-    """Sample field holding the integer class label."""
+    """Sample field holding the integer class label (``hf:`` sources fall back to ``label``)."""
     num_classes: int = 0
     """Number of classes; 0 = infer as max label + 1 over train/val/test."""
     noise_rate: float = 0.0
@@ -161,7 +163,7 @@ class Config:
                 raise ConfigError(f"{key}: {msg}")
 
         for split in ("train", "val", "test"):
-            need(bool(getattr(self.data, split)), f"data.{split}", "is empty; give a shard pattern")
+            need(bool(getattr(self.data, split)), f"data.{split}", "is empty; give a shard pattern or hf:DIR")
         need(0 <= self.data.noise_rate < 1, "data.noise_rate", f"must be in [0, 1), got {self.data.noise_rate}")
         need(self.data.on_error in ("skip", "fail"), "data.on_error",
              f"must be skip or fail, got {self.data.on_error!r}")

@@ -26,6 +26,7 @@ from swift_scale.data import (
     load_split,
     symmetric_label_noise,
 )
+from swift_scale.data.hf import hf_index, is_hf, load_hf_split, open_hf
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import atomic_write_json, atomic_write_text
 from swift_scale.sampler.swift import SwiftSampler, num_params, uniform_theta
@@ -108,8 +109,12 @@ class Pipeline:
     def index(self) -> dict[str, ShardIndex]:
         path = self.dir / "index.json"
         d = self.cfg.data
-        urls = {s: expand_shards(getattr(d, s), allow_pipe=d.allow_pipe, field=f"data.{s}")
-                for s in ("train", "val", "test")}
+        refs = {s: getattr(d, s) for s in ("train", "val", "test")}
+        urls = {s: None if is_hf(r) else expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}")
+                for s, r in refs.items()}
+        hf_rows = {s: len(open_hf(r, f"data.{s}")) for s, r in refs.items() if is_hf(r)}
+        for s, n in hf_rows.items():
+            urls[s] = hf_index(refs[s], n).urls
         if path.exists():
             try:
                 cached = {k: ShardIndex.from_dict(v) for k, v in json.loads(path.read_text()).items()}
@@ -117,7 +122,7 @@ class Pipeline:
                 cached = {}
             if all(s in cached and cached[s].urls == urls[s] for s in urls):
                 return cached
-        index = {s: build_index(u) for s, u in urls.items()}
+        index = {s: hf_index(refs[s], hf_rows[s]) if s in hf_rows else build_index(u) for s, u in urls.items()}
         for s, idx in index.items():
             if idx.total == 0:
                 raise DataError(f"data.{s}: the split is empty ({len(idx.urls)} shard(s) with no samples)")
@@ -134,8 +139,10 @@ class Pipeline:
     def _load_data(self) -> Data:
         index = self.index()
         d, m = self.cfg.data, self.cfg.model
-        loaded = {s: load_split(index[s], image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans,
-                                image_size=m.image_size, field=f"data.{s}", on_error=d.on_error) for s in index}
+        opts = dict(image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans, image_size=m.image_size,
+                    on_error=d.on_error)
+        loaded = {s: load_hf_split(getattr(d, s), field=f"data.{s}", **opts) if is_hf(getattr(d, s))
+                  else load_split(index[s], field=f"data.{s}", **opts) for s in index}
         errors = [{"split": s, **e} for s, ld in loaded.items() for e in ld.errors]
         if errors:
             logger.warning("skipped %d bad sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",

@@ -39,6 +39,19 @@ def test_overrides_and_types():
     assert config_to_dict(cfg)["train"]["epochs"] == 7
 
 
+def test_model_kwargs_from_yaml_and_cli(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: swift_cnn\n  kwargs: {width: 8, drop_rate: 0.1}\n")
+    cfg = load_config(path, ["data.train=a", "data.val=b", "data.test=c", "model.kwargs.stem_stride=2"])
+    assert cfg.model.kwargs == {"width": 8, "drop_rate": 0.1, "stem_stride": 2}
+    from swift_scale.train.models import create_model
+
+    model = create_model(cfg.model.name, 10, 1, **cfg.model.kwargs)
+    assert model.head.in_features == 32 and model.features[0][0].stride == (2, 2)
+    with pytest.raises(ValueError, match="model.kwargs"):
+        create_model("resnet18", 10, 1, width=3)
+
+
 @pytest.mark.parametrize("override,field", [
     ("train.epoch=3", "train.epoch"),
     ("train.epochs=-1", "train.epochs"),
@@ -52,6 +65,9 @@ def test_overrides_and_types():
     ("search.strategy=grid", "search.strategy"),
     ("search.theta0_epoch=99", "search.theta0_epoch"),
     ("sampler.transform=log", "sampler.transform"),
+    ("sampler.segments=0", "sampler.segments"),
+    ("train.schedule=linear", "train.schedule"),
+    ("model.kwargs=3", "model.kwargs"),
     ("sampler.features=[loss]", "sampler.features"),
     ("model.in_chans=2", "model.in_chans"),
     ("nosuch.key=1", "nosuch.key"),

@@ -95,7 +95,20 @@ def build_index(urls: list[str]) -> ShardIndex:
 def _decode_image(data: bytes, in_chans: int, image_size: int) -> np.ndarray:
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
+    return to_chw(Image.open(io.BytesIO(data)), in_chans, image_size)
+
+
+def to_chw(img, in_chans: int, image_size: int) -> np.ndarray:
+    """A PIL image, an HF ``Image`` dict ({"bytes", "path"}) or an array [H, W] / [H, W, C] → uint8 [C, H, W]."""
+    from PIL import Image
+
+    if isinstance(img, dict):
+        img = Image.open(io.BytesIO(img["bytes"]) if img.get("bytes") else img["path"])
+    elif not isinstance(img, Image.Image):
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
     img = img.convert("L" if in_chans == 1 else "RGB")
     if image_size and img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.BILINEAR)

@@ -1,0 +1,108 @@
+"""Hugging Face ``datasets`` as a source (indexed mode): the global id of a row is its row index.
+
+A split is named in the config as
+
+- ``hf:PATH`` or ``hf:PATH#SPLIT`` — a dataset saved with ``save_to_disk`` (``load_from_disk``; ``#SPLIT`` picks
+  one split of a saved ``DatasetDict``);
+- ``hf:BUILDER:FILES`` — local files through a packaged builder, e.g. ``hf:parquet:/data/train-*.parquet``,
+  ``hf:imagefolder:/data/train`` (``load_dataset(BUILDER, data_files=FILES or data_dir=DIR, split="train")``).
+
+Rows are grouped into virtual shards of ``rows_per_shard`` consecutive rows, so the features pass splits the
+work over ranks exactly as for WebDataset shards (ordinal mod world size), with per-shard completion markers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from swift_scale.data.shards import DataError, LoadedSplit, ShardIndex, to_chw
+
+__all__ = ["is_hf", "open_hf", "hf_index", "load_hf_split"]
+
+BUILDERS = ("parquet", "arrow", "csv", "json", "imagefolder", "webdataset")
+
+
+def is_hf(ref: str) -> bool:
+    return isinstance(ref, str) and ref.startswith("hf:")
+
+
+def open_hf(ref: str, field: str = "data"):
+    """The ``datasets.Dataset`` a ``hf:`` reference names (DataError naming ``field`` when it cannot)."""
+    import datasets
+
+    body = ref[len("hf:"):]
+    builder, _, files = body.partition(":")
+    try:
+        if builder in BUILDERS and files:
+            kw = {"data_dir": files} if os.path.isdir(files) else {"data_files": files}
+            ds = datasets.load_dataset(builder, split="train", **kw)
+        else:
+            path, _, split = body.partition("#")
+            if not os.path.exists(path):
+                raise DataError(f"{field}: {path} does not exist; give hf:DIR saved with save_to_disk, "
+                                f"or hf:BUILDER:FILES with BUILDER one of {', '.join(BUILDERS)}")
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataError(f"{field}: {path} holds splits {list(ds)}; name one as hf:{path}#SPLIT")
+                ds = ds[split]
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types; the user needs the reference and the reason
+        raise DataError(f"{field}: cannot open {ref} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if isinstance(ds, datasets.IterableDataset):
+        raise DataError(f"{field}: {ref} is a streaming dataset; the indexed mode needs a map-style Dataset")
+    return ds
+
+
+def hf_index(ref: str, num_rows: int, rows_per_shard: int = 10_000) -> ShardIndex:
+    """A shard table of virtual shards ``REF@START`` of ``rows_per_shard`` consecutive rows."""
+    starts = range(0, num_rows, rows_per_shard)
+    return ShardIndex([f"{ref}@{s}" for s in starts], [min(rows_per_shard, num_rows - s) for s in starts])
+
+
+def _column(ds, wanted: str, fallbacks: tuple[str, ...], field: str, key: str) -> str:
+    if wanted in ds.column_names:
+        return wanted
+    for name in fallbacks:
+        if name in ds.column_names:
+            return name
+    raise DataError(f"{field}: no column {wanted!r} (columns: {ds.column_names}); set data.{key}")
+
+
+def load_hf_split(ref: str, *, image_key: str = "image", label_key: str = "label", in_chans: int = 1,
+                  image_size: int = 0, field: str = "data", on_error: str = "fail") -> LoadedSplit:
+    """Decode a whole HF split into memory like :func:`~swift_scale.data.shards.load_split`; row = global id."""
+    ds = open_hf(ref, field)
+    if len(ds) == 0:
+        raise DataError(f"{field}: {ref} has no rows")
+    img_col = _column(ds, image_key, ("image", "img", "pixel_values"), field, "image_key")
+    lab_col = _column(ds, label_key, ("label", "labels", "cls"), field, "label_key")
+    images: list[np.ndarray | None] = []
+    labels = np.zeros(len(ds), dtype=np.int64)
+    errors: list[dict] = []
+    shape = None
+    for i, row in enumerate(ds.select_columns([img_col, lab_col])):
+        try:
+            img = to_chw(row[img_col], in_chans, image_size)
+            label = int(row[lab_col])
+            if label < 0:
+                raise ValueError(f"negative label {label}")
+            if shape is not None and img.shape != shape:
+                raise ValueError(f"shape {img.shape}, others {shape}; set model.image_size to resize")
+        except Exception as e:  # noqa: BLE001 - recorded per row, or fatal with on_error=fail
+            if on_error == "fail":
+                raise DataError(f"{ref}: row {i} cannot be used ({type(e).__name__}: {e})") from None
+            errors.append({"url": ref, "key": str(i), "reason": f"{type(e).__name__}: {e}"})
+            images.append(None)
+            continue
+        shape = img.shape
+        images.append(img)
+        labels[i] = label
+    if shape is None:
+        raise DataError(f"{field}: no row of {ref} could be decoded (first: {errors[0]['reason']})")
+    valid = np.array([im is not None for im in images])
+    zeros = np.zeros(shape, dtype=np.uint8)
+    return LoadedSplit(np.stack([im if im is not None else zeros for im in images]), labels, valid, errors)
