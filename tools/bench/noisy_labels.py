@@ -2,6 +2,7 @@
 
     python tools/bench/noisy_labels.py [--config configs/bench_fmnist.yaml] [--noise 0 0.2 0.4] [--seeds 0 1 2]
         [--out runs/bench/noisy_labels] [--threads 1]
+    python tools/bench/noisy_labels.py --tables-from runs/bench/noisy_labels.jsonl   (tables from saved output)
 
 For every (noise, seed) it runs the whole pipeline (uniform = the pretrain phase, SS = the final phase), then
 trains each hand rule at the same budget from the same θ0 features:
@@ -33,8 +34,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "noisy_labels"))
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--tables-from", metavar="JSONL", help="only rebuild the tables from this script's saved output")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = ap.parse_args()
+    if args.tables_from:
+        lines = [json.loads(x) for x in Path(args.tables_from).read_text().splitlines() if x.startswith("{")]
+        write_tables([r for r in lines if "method" in r and "test_accuracy" in r], Path(args.results), args.config,
+                     [r for r in lines if r.get("event") == "run_done"])
+        return
 
     import torch
 
@@ -44,7 +51,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.chdir(ROOT)  # the config's shard patterns are relative to the repository
-    rows = []
+    rows, done = [], []
     for noise in args.noise:
         for seed in args.seeds:
             out = Path(args.out) / f"noise{noise:g}_seed{seed}"
@@ -63,13 +70,14 @@ def main() -> None:
                        "test_accuracy": acc, "run_dir": str(out)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            print(json.dumps({"bench": "noisy_labels", "noise": noise, "seed": seed, "event": "run_done",
-                              "seconds": round(time.time() - t0, 1),
-                              "noise_detection_auroc": summary.get("noise_detection_auroc")}), flush=True)
-    write_tables(rows, Path(args.results), args.config)
+            done.append({"bench": "noisy_labels", "noise": noise, "seed": seed, "event": "run_done",
+                         "seconds": round(time.time() - t0, 1),
+                         "noise_detection_auroc": summary.get("noise_detection_auroc")})
+            print(json.dumps(done[-1]), flush=True)
+    write_tables(rows, Path(args.results), args.config, done)
 
 
-def write_tables(rows: list[dict], results_dir: Path, config: str) -> None:
+def write_tables(rows: list[dict], results_dir: Path, config: str, runs: list[dict]) -> None:
     """Mean ± std per (noise, method) → JSON lines on stdout, noisy_labels.json and a markdown table."""
     results_dir.mkdir(parents=True, exist_ok=True)
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -85,8 +93,8 @@ def write_tables(rows: list[dict], results_dir: Path, config: str) -> None:
                  "runs": accs}
             agg.append(a)
             print(json.dumps(a), flush=True)
-    (results_dir / "noisy_labels.json").write_text(json.dumps({"config": config, "rows": rows, "aggregate": agg},
-                                                              indent=1))
+    (results_dir / "noisy_labels.json").write_text(json.dumps({"config": config, "rows": rows, "aggregate": agg,
+                                                               "runs": runs}, indent=1))
     head = "| method | " + " | ".join(f"{n:.0%} noise" for n in noises) + " |"
     lines = [head, "|" + "---|" * (len(noises) + 1)]
     for m in methods:
@@ -95,6 +103,16 @@ def write_tables(rows: list[dict], results_dir: Path, config: str) -> None:
             a = next((x for x in agg if x["noise"] == noise and x["method"] == m), None)
             cells.append(f"{100 * a['mean']:.2f} ± {100 * a['std']:.2f}" if a else "—")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    seeds = {n: sorted({r["seed"] for r in rows if r["noise"] == n}) for n in noises}
+    lines.append("| seeds | " + " | ".join(",".join(map(str, seeds[n])) for n in noises) + " |")
+    au = {n: [r["noise_detection_auroc"] for r in runs if r["noise"] == n and r.get("noise_detection_auroc")]
+          for n in noises}
+    lines.append("| SS noise-detection AUROC | " + " | ".join(
+        f"{statistics.fmean(au[n]):.2f} ({', '.join(f'{a:.2f}' for a in au[n])})" if au[n] else "—"
+        for n in noises) + " |")
+    secs = [r["seconds"] for r in runs]
+    if secs:
+        lines.append(f"\nWall time per (noise, seed) run, all methods: {statistics.fmean(secs) / 60:.1f} min (mean).")
     (results_dir / "noisy_labels.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), file=sys.stderr)
 
