@@ -59,6 +59,18 @@ class DataConfig:
     (shard, key) in ``data_errors.json`` and summary.json, never sampled — or ``fail`` at once."""
     allow_pipe: bool = False
     """Allow ``pipe:`` shard URLs (they run shell commands; off unless you trust the config)."""
+    mode: str = "indexed"
+    """``indexed``: decode the training split into memory and draw epochs ∝ p. ``streaming``: read the training
+    shards every pass (for data that does not fit in memory) and keep 1/``oversample`` of the candidates ∝ p,
+    decided from the global id before decoding; val/test are still held in memory."""
+    oversample: float = 2.0
+    """Streaming mode: candidates per kept sample (2 = take 2B, keep B); a sampled run makes
+    ``epochs × oversample`` passes so its optimizer steps match the uniform run's."""
+    shuffle_buffer: int = 1000
+    """Streaming mode: raw samples each worker holds for shuffling (0 = stored order; shard order is always
+    shuffled per pass)."""
+    num_workers: int = 0
+    """Streaming mode: DataLoader worker processes per rank (decoding in parallel)."""
 
 
 @dataclass
@@ -137,6 +149,9 @@ class TrainConfig:
     """Retrain from scratch with the best sampler (the paper's protocol); false = fine-tune θ0."""
     progress: bool = True
     """Show tqdm progress bars on the main process."""
+    checkpoint_steps: int = 0
+    """Also checkpoint every this many optimizer steps inside an epoch (0 = at epoch ends only); a restart
+    continues at that (epoch, step) — exactly, given the same world size and ``data.num_workers``."""
     log_with: str = ""
     """accelerate experiment trackers, comma-separated (``tensorboard`` works offline; ``wandb``, ``mlflow``,
     … if installed); logs are written under ``<run dir>/logs``. Empty = no tracking."""
@@ -167,6 +182,16 @@ class Config:
         need(0 <= self.data.noise_rate < 1, "data.noise_rate", f"must be in [0, 1), got {self.data.noise_rate}")
         need(self.data.on_error in ("skip", "fail"), "data.on_error",
              f"must be skip or fail, got {self.data.on_error!r}")
+        need(self.data.mode in ("indexed", "streaming"), "data.mode",
+             f"must be indexed or streaming, got {self.data.mode!r}")
+        need(self.data.mode == "indexed" or not self.data.train.startswith("hf:"), "data.mode",
+             "streaming reads WebDataset shards; use data.mode=indexed for an hf: source")
+        need(self.data.mode == "indexed" or self.data.on_error == "fail", "data.on_error",
+             "data.mode=streaming needs data.on_error=fail (skipping bad samples is an indexed-mode feature)")
+        need(self.data.oversample >= 1, "data.oversample", f"must be >= 1, got {self.data.oversample}")
+        need(self.data.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+        need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+        need(self.train.checkpoint_steps >= 0, "train.checkpoint_steps", "must be >= 0")
         need(self.data.num_classes >= 0, "data.num_classes", "must be >= 0 (0 = infer)")
         need(self.model.in_chans in (1, 3), "model.in_chans", f"must be 1 or 3, got {self.model.in_chans}")
         need(self.model.image_size >= 0, "model.image_size", "must be >= 0")

@@ -141,8 +141,9 @@ class Pipeline:
         d, m = self.cfg.data, self.cfg.model
         opts = dict(image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans, image_size=m.image_size,
                     on_error=d.on_error)
+        splits = [s for s in index if s != "train" or d.mode == "indexed"]
         loaded = {s: load_hf_split(getattr(d, s), field=f"data.{s}", **opts) if is_hf(getattr(d, s))
-                  else load_split(index[s], field=f"data.{s}", **opts) for s in index}
+                  else load_split(index[s], field=f"data.{s}", **opts) for s in splits}
         errors = [{"split": s, **e} for s, ld in loaded.items() for e in ld.errors]
         if errors:
             logger.warning("skipped %d bad sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
@@ -150,6 +151,8 @@ class Pipeline:
                            self.dir / "data_errors.json")
         if self.acc.is_main_process:
             atomic_write_json(self.dir / "data_errors.json", {"count": len(errors), "errors": errors})
+        if d.mode == "streaming":
+            return self._streaming_data(index, loaded)
         num_classes = d.num_classes or int(max(ld.labels[ld.valid].max() for ld in loaded.values())) + 1
         for s, ld in loaded.items():
             if ld.labels[ld.valid].max() >= num_classes:
@@ -170,6 +173,25 @@ class Pipeline:
 
         return Data(index, split(train.images, noisy), eval_split(loaded["val"]), eval_split(loaded["test"]),
                     num_classes, flipped, len(errors), None if train.valid.all() else train.valid)
+
+    def _streaming_data(self, index: dict[str, ShardIndex], loaded: dict) -> Data:
+        from swift_scale.data.stream import StreamingSplit
+
+        d, m = self.cfg.data, self.cfg.model
+        num_classes = d.num_classes or int(max(ld.labels[ld.valid].max() for ld in loaded.values())) + 1
+        train = StreamingSplit(index["train"], image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans,
+                               image_size=m.image_size, num_classes=num_classes, noise_rate=d.noise_rate,
+                               noise_seed=d.noise_seed, seed=self.cfg.seed, oversample=d.oversample,
+                               shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, on_error=d.on_error)
+        if self.acc.is_main_process and d.noise_rate > 0:  # labels are only read while streaming: ids + shifts
+            atomic_write_json(self.dir / "noise.json", {"rate": d.noise_rate, "num_flipped": len(train.flipped),
+                                                        "flipped_ids": train.flipped.tolist(),
+                                                        "class_shift": train.shift.tolist()})
+
+        def split(ld):
+            return Split(torch.from_numpy(ld.images[ld.valid]), torch.from_numpy(ld.labels[ld.valid]))
+
+        return Data(index, train, split(loaded["val"]), split(loaded["test"]), num_classes, train.flipped, 0, None)
 
     # -- helpers --------------------------------------------------------------------------------------------
     def new_model(self, state: dict | None = None) -> torch.nn.Module:
@@ -207,7 +229,8 @@ class Pipeline:
 
         curve = train_model(self.acc, model, self.data.train, probs=probs, epochs=epochs, batch_size=t.batch_size,
                             lr=lr, weight_decay=t.weight_decay, seed=self.cfg.seed, ckpt_dir=ckpt_dir,
-                            on_epoch=on_epoch, desc=desc, progress=t.progress, schedule=t.schedule)
+                            on_epoch=on_epoch, desc=desc, progress=t.progress, schedule=t.schedule,
+                            checkpoint_steps=t.checkpoint_steps)
         return model, curve
 
     def _unwrapped_state(self, model) -> dict:

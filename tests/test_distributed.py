@@ -63,6 +63,89 @@ def _train_worker(out_dir):
     acc.end_training()
 
 
+def write_uneven_shards(root: Path) -> str:
+    """The same images/labels as _data() written as 3 WebDataset shards of 5/50/500 samples."""
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    data, start = _data(), 0
+    root.mkdir(parents=True, exist_ok=True)
+    for s, n in enumerate(SHARD_COUNTS):
+        with wds.TarWriter(str(root / f"u-{s:06d}.tar")) as sink:
+            for i in range(start, start + n):
+                buf = io.BytesIO()
+                Image.fromarray(data.images[i, 0].numpy()).save(buf, format="PNG")
+                sink.write({"__key__": f"{i:06d}", "png": buf.getvalue(), "cls": str(int(data.labels[i])).encode()})
+        start += n
+    return str(root / "u-{000000..000002}.tar")
+
+
+def _stream_split(pattern, **kw):
+    from swift_scale.data.shards import build_index, expand_shards
+    from swift_scale.data.stream import StreamingSplit
+
+    return StreamingSplit(build_index(expand_shards(pattern)), num_classes=10, seed=0, shuffle_buffer=64,
+                          num_workers=2, on_error="fail", **kw)
+
+
+def _stream_train_worker(out_dir):
+    from accelerate import Accelerator
+
+    from swift_scale.train.loop import train_model
+    from swift_scale.train.models import create_model
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = create_model("swift_cnn", num_classes=10)
+    steps = []
+    model.register_forward_hook(lambda *_: steps.append(1) if model.training else None)
+    p = np.random.default_rng(0).random(sum(SHARD_COUNTS)) ** 4
+    split = _stream_split(str(Path(out_dir) / "shards" / "u-{000000..000002}.tar"), noise_rate=0.4)
+    train_model(acc, model, split, probs=p / p.sum(), epochs=2, batch_size=48, lr=1e-3, weight_decay=0.0,
+                seed=0, progress=False)
+    Path(out_dir, f"steps-{acc.process_index}.json").write_text(json.dumps(len(steps)))
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+def _stream_features_worker(out_dir):
+    from accelerate import Accelerator
+
+    from swift_scale.train.loop import extract_features
+    from swift_scale.train.models import create_model
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = acc.prepare(create_model("swift_cnn", num_classes=10))
+    split = _stream_split(str(Path(out_dir).parent / "shards" / "u-{000000..000002}.tar"))
+    extract_features(acc, model, split, Path(out_dir), split.index.offsets, split.index.counts, batch_size=64,
+                     progress=False)
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+@pytest.mark.dist
+def test_streaming_uneven_shards_equal_steps_on_two_ranks_with_two_workers(tmp_path):
+    write_uneven_shards(tmp_path / "shards")
+    _launch("stream-train", tmp_path, 2)
+    steps = [json.loads((tmp_path / f"steps-{r}.json").read_text()) for r in range(2)]
+    kept = round(555 / 2)  # oversample 2: keep half of the candidates each pass; 2 epochs = 4 passes
+    assert steps[0] == steps[1] == 4 * (kept // 48)
+
+
+@pytest.mark.dist
+def test_streaming_feature_store_from_two_ranks_equals_in_memory_one(tmp_path):
+    from swift_scale.features.store import FeatureStore
+
+    write_uneven_shards(tmp_path / "shards")
+    _launch("features", tmp_path / "mem", 1)
+    _launch("stream-features", tmp_path / "two", 2)
+    assert (tmp_path / "mem" / "features.npy").read_bytes() == (tmp_path / "two" / "features.npy").read_bytes()
+    assert FeatureStore(tmp_path / "two").complete
+
+
 @pytest.mark.dist
 def test_feature_store_from_two_ranks_is_bit_identical_to_one(tmp_path):
     from swift_scale.features.store import FeatureStore
@@ -91,5 +174,6 @@ def _launch(worker: str, out_dir: Path, num_processes: int) -> None:
 
 
 if __name__ == "__main__":
-    fn = {"features": _features_worker, "train": _train_worker}[sys.argv[1]]
+    fn = {"features": _features_worker, "train": _train_worker, "stream-train": _stream_train_worker,
+          "stream-features": _stream_features_worker}[sys.argv[1]]
     debug_launcher(fn, args=(sys.argv[2],), num_processes=int(sys.argv[3]))

@@ -27,6 +27,7 @@ __all__ = [
     "race_keys",
     "keep_threshold",
     "keep_mask",
+    "keep_set",
     "keep_top_k",
     "DistributedWeightedSampler",
 ]
@@ -84,6 +85,16 @@ def keep_threshold(keys: np.ndarray, k: int) -> float:
     if not 0 < k <= len(keys):
         raise ValueError(f"cannot keep {k} of {len(keys)}")
     return float(np.partition(keys, k - 1)[k - 1])
+
+
+def keep_set(probs: np.ndarray, keep_fraction: float, seed: int, epoch: int) -> tuple[float, np.ndarray]:
+    """(threshold, boolean mask [N]) keeping exactly round(N·keep_fraction) ids, without replacement, ∝ p."""
+    if not 0 < keep_fraction <= 1:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction} (1 / oversampling factor)")
+    n = len(probs)
+    keys = race_keys(np.arange(n), probs, seed, epoch)
+    t = keep_threshold(keys, max(1, round(n * keep_fraction)))
+    return t, keys <= t
 
 
 def keep_mask(ids: np.ndarray, p: np.ndarray, threshold: float, seed: int, epoch: int) -> np.ndarray:

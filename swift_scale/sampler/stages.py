@@ -13,19 +13,9 @@ import torch
 
 from swift_scale.data.shards import ShardIndex
 from swift_scale.features.functions import CLASSIFICATION_FEATURES, classification_features
-from swift_scale.sampler.select import epoch_indices, keep_threshold, keep_top_k, race_keys
+from swift_scale.sampler.select import epoch_indices, keep_set, keep_top_k
 
 __all__ = ["KeepByGlobalId", "hf_epoch", "hf_keep", "keep_set", "online_keep"]
-
-
-def keep_set(probs: np.ndarray, keep_fraction: float, seed: int, epoch: int) -> tuple[float, np.ndarray]:
-    """(threshold, boolean mask [N]) keeping exactly round(N·keep_fraction) ids, without replacement, ∝ p."""
-    if not 0 < keep_fraction <= 1:
-        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction} (1 / oversampling factor)")
-    n = len(probs)
-    keys = race_keys(np.arange(n), probs, seed, epoch)
-    t = keep_threshold(keys, max(1, round(n * keep_fraction)))
-    return t, keys <= t
 
 
 class KeepByGlobalId:

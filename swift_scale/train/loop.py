@@ -44,31 +44,58 @@ class Split:
 
     def batch(self, ids: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-        x = self.images[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        return x, self.labels[idx].to(device, non_blocking=True)
+        return _to_model_input(self.images[idx], device), self.labels[idx].to(device, non_blocking=True)
+
+    def shard_batches(self, shard_offset: int, shard_count: int, batch_size: int):
+        """(images uint8, labels, global ids) batches of one shard's rows, in order (the features pass)."""
+        ids = np.arange(shard_offset, shard_offset + shard_count)
+        for b in range(0, len(ids), batch_size):
+            idx = torch.from_numpy(ids[b:b + batch_size])
+            yield self.images[idx], self.labels[idx], idx
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def train_model(accelerator: Accelerator, model: torch.nn.Module, data: Split, *, probs: np.ndarray | None,
+def _to_model_input(images: torch.Tensor, device) -> torch.Tensor:
+    return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+def _epoch_batches(data, probs, seed: int, epoch: int, rank: int, world: int, per_rank: int, start_step: int,
+                   device):
+    """(steps of this epoch, iterator of (x, y) from ``start_step`` on) — indexed or streaming."""
+    if isinstance(data, Split):
+        steps = _steps_per_epoch(len(data), per_rank * world)
+        ids = rank_share(epoch_indices(probs, len(data), seed, epoch, steps * per_rank * world), rank, world)
+        return steps, (data.batch(ids[i * per_rank:(i + 1) * per_rank], device) for i in range(start_step, steps))
+    plan = data.plan(probs, epoch)
+    steps = data.steps(plan, world, per_rank)
+    loader = data.loader(plan, epoch, rank, world, per_rank, start_step)
+    return steps, ((_to_model_input(x, device), y.to(device)) for x, y, _ in loader)
+
+
+def train_model(accelerator: Accelerator, model: torch.nn.Module, data, *, probs: np.ndarray | None,
                 epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
                 ckpt_dir: Path | None = None, on_epoch: Callable[[int, torch.nn.Module], dict] | None = None,
-                desc: str = "train", progress: bool = True, schedule: str = "constant") -> list[dict]:
-    """Train ``model`` for ``epochs`` epochs, sampling ids ∝ ``probs`` (None = uniform permutation).
+                desc: str = "train", progress: bool = True, schedule: str = "constant",
+                checkpoint_steps: int = 0) -> list[dict]:
+    """Train ``model`` for ``epochs`` epochs, sampling ids ∝ ``probs`` (None = uniform).
 
-    With ``ckpt_dir``, the accelerate state is saved after every epoch and a rerun resumes from the last
-    complete epoch. ``on_epoch(epoch, model)`` returns metrics appended to the returned curve.
-    ``schedule``: ``constant`` or ``cosine`` (lr → 0 over all steps); the lr is a pure function of (epoch, step),
-    so resuming needs no scheduler state.
+    ``data`` is an in-memory :class:`Split` (indexed mode: each epoch draws ids ∝ p) or a
+    :class:`~swift_scale.data.stream.StreamingSplit` (streaming rejection: a sampled run makes
+    ``epochs × oversample`` passes, each keeping 1/oversample of the candidates ∝ p, so its optimizer steps match
+    a uniform run's). With ``ckpt_dir`` the accelerate state is saved after every epoch (and every
+    ``checkpoint_steps`` steps) and a rerun resumes at that (epoch, step) exactly. ``on_epoch(epoch, model)``
+    returns metrics appended to the returned curve. ``schedule``: ``constant`` or ``cosine`` (lr → 0 over all
+    steps); the lr is a pure function of (epoch, step), so resuming needs no scheduler state.
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = max(1, batch_size // world)
-    steps = _steps_per_epoch(len(data), per_rank * world)
+    epochs_total = epochs if isinstance(data, Split) else data.passes(epochs, probs is not None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    start, curve = 0, []
+    start, start_step, curve, carried = 0, 0, [], 0.0
     state_file = ckpt_dir / "state.json" if ckpt_dir else None
     if state_file is not None and state_file.exists():
         try:
@@ -78,24 +105,34 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, data: Split, *
             raise ValueError(f"{ckpt_dir}: checkpoint cannot be loaded ({type(e).__name__}); "
                              f"delete {ckpt_dir} to redo this training from its start") from None
         start, curve = int(saved["epoch"]), list(saved["curve"])
-    for epoch in range(start, epochs):
+        start_step, carried = int(saved.get("step", 0)), float(saved.get("loss_sum", 0.0))
+    for epoch in range(start, epochs_total):
         model.train()
-        ids = rank_share(epoch_indices(probs, len(data), seed, epoch, steps * per_rank * world), rank, world)
-        bar = tqdm(range(steps), desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+        first = start_step if epoch == start else 0
+        steps, batches = _epoch_batches(data, probs, seed, epoch, rank, world, per_rank, first, accelerator.device)
+        bar = tqdm(batches, total=steps - first, desc=f"{desc} {epoch + 1}/{epochs_total}", leave=False,
                    disable=None if (progress and accelerator.is_local_main_process) else True)
-        total = torch.zeros((), device=accelerator.device)
-        for step in bar:
+        total = torch.full((), carried if epoch == start else 0.0, device=accelerator.device)
+        step = first
+        for x, y in bar:
             if schedule == "cosine":
                 for group in optimizer.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + step) / (epochs * steps)))
-            x, y = data.batch(ids[step * per_rank:(step + 1) * per_rank], accelerator.device)
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + step) / (epochs_total * steps)))
             with accelerator.autocast():
-                loss = F.cross_entropy(model(x), y)
+                # a batch whose samples were all skipped still takes part in the gradient all-reduce
+                loss = F.cross_entropy(model(x), y) if len(y) else sum(p.sum() * 0 for p in model.parameters())
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
             total += loss.detach()
-        mean_loss = accelerator.reduce(total, "mean").item() / steps
+            step += 1
+            if ckpt_dir is not None and checkpoint_steps and step % checkpoint_steps == 0 and step < steps:
+                _save_state(accelerator, ckpt_dir, epoch, curve, step=step,
+                            loss_sum=accelerator.reduce(total, "mean").item())
+        if step != steps:
+            raise RuntimeError(f"rank {rank} ran {step} of {steps} steps in epoch {epoch + 1}; the data changed "
+                               "while training — delete the run's index.json and rerun")
+        mean_loss = accelerator.reduce(total, "mean").item() / max(steps, 1)
         if not math.isfinite(mean_loss):
             raise TrialFailed(f"non-finite training loss in epoch {epoch + 1}")
         row = {"epoch": epoch + 1, "train_loss": mean_loss}
@@ -107,7 +144,8 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, data: Split, *
     return curve
 
 
-def _save_state(accelerator: Accelerator, ckpt_dir: Path, epoch: int, curve: list[dict]) -> None:
+def _save_state(accelerator: Accelerator, ckpt_dir: Path, epoch: int, curve: list[dict], step: int = 0,
+                loss_sum: float = 0.0) -> None:
     """accelerate state into a temp folder, swapped into place, then state.json (the commit point)."""
     tmp, final = ckpt_dir / "accelerate.tmp", ckpt_dir / "accelerate"
     accelerator.save_state(str(tmp))
@@ -117,7 +155,8 @@ def _save_state(accelerator: Accelerator, ckpt_dir: Path, epoch: int, curve: lis
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
-        atomic_write_json(ckpt_dir / "state.json", {"epoch": epoch, "curve": curve})
+        atomic_write_json(ckpt_dir / "state.json", {"epoch": epoch, "step": step, "loss_sum": loss_sum,
+                                                    "curve": curve})
         if old.exists():
             import shutil
 
@@ -162,12 +201,13 @@ def extract_features(accelerator: Accelerator, model: torch.nn.Module, data: Spl
         unit = f"shard-{s:06d}"
         if unit in done:
             continue
-        ids = np.arange(shard_offsets[s], shard_offsets[s] + shard_counts[s])
-        for b in range(0, len(ids), batch_size):
-            x, y = data.batch(ids[b:b + batch_size], accelerator.device)
+        batches = (data.shard_batches(shard_offsets[s], shard_counts[s], batch_size) if isinstance(data, Split)
+                   else data.shard_batches(s, batch_size))
+        for images, labels, ids in batches:
             with accelerator.autocast():
-                logits = model(x)
-            store.write(ids[b:b + batch_size], classification_features(logits, y).cpu().numpy())
+                logits = model(_to_model_input(images, accelerator.device))
+            feats = classification_features(logits, labels.to(accelerator.device)).cpu().numpy()
+            store.write(ids.numpy(), feats)
         store.mark_done(unit)
     store.flush()
     accelerator.wait_for_everyone()

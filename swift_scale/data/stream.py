@@ -1,0 +1,260 @@
+"""Streaming training data: WebDataset shards read per epoch, with rejection sampling before decoding.
+
+For data that does not fit in memory (``data.mode=streaming``). One *pass* over the candidates works as follows
+(all pure functions of seed, pass number and global id — no global RNG, no communication between ranks):
+
+1. The shard order is a permutation drawn from (seed, pass). The *kept sequence* is every kept id, in that
+   shard order and in stored order inside a shard. Uniform passes keep every id. Sampled passes keep exactly
+   K = round(N / oversample) ids ∝ p, by race keys (:func:`swift_scale.sampler.select.keep_set`). That is the
+   streaming-rejection rule "take ``oversample``·B candidates, keep B". The kept *set* depends only on
+   (seed, pass, p), whatever the world size or worker count.
+2. Every rank takes an equal contiguous range of L = ⌊K / (world·b)⌋·b kept positions (b = per-rank batch), so
+   every rank runs exactly L / b optimizer steps by construction — uneven shards, fewer shards than
+   ranks × workers, nothing can hang DDP. With a global batch B = world·b, the delivered set is the first
+   ⌊K / B⌋·B positions of one sequence: the same for every world size.
+3. A rank's range is cut into contiguous blocks of whole batches, one per DataLoader worker, so batch j of
+   the pass comes from worker j mod W (DataLoader's round-robin order). A worker opens only the shards its block
+   touches and skips the other raw samples *before decoding*. It shuffles raw samples in a buffer seeded by
+   (seed, pass, rank, worker) and decodes only what it delivers.
+4. Resuming at (pass, step) skips the batches each worker already delivered; skipped batches are not decoded.
+   With the same world size and worker count the rest of the pass is bit-identical.
+
+The rank-split iterable is never passed through ``accelerator.prepare`` (that would shard it again).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.utils.data
+import webdataset as wds
+
+from swift_scale.data.noise import noise_plan
+from swift_scale.data.shards import DataError, ShardIndex, _decode_image
+from swift_scale.rng import generator, stream_id
+
+__all__ = ["StreamingSplit", "PassPlan"]
+
+_SHARDS = stream_id("shard-order")
+_SHUFFLE = stream_id("shuffle-buffer")
+
+
+@dataclass
+class PassPlan:
+    """Which ids one pass keeps and in which order they are dealt to ranks and workers."""
+
+    order: np.ndarray  # shard ordinals in reading order
+    mask: np.ndarray | None  # bool [N] kept ids (None = every id)
+    kept_per_shard: np.ndarray  # kept count of each shard ordinal
+    total_kept: int
+
+    def segments(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """Kept positions [start, stop) of the kept sequence as (shard ordinal, first, last) local kept indices."""
+        out, pos = [], 0
+        for s in self.order:
+            n = int(self.kept_per_shard[s])
+            lo, hi = max(start, pos), min(stop, pos + n)
+            if lo < hi:
+                out.append((int(s), lo - pos, hi - pos))
+            pos += n
+            if pos >= stop:
+                break
+        return out
+
+
+class StreamingSplit:
+    """A training split read from WebDataset shards every pass (global id = shard offset + position).
+
+    Args:
+        index: the split's shard table.
+        image_key, label_key, in_chans, image_size: as for :func:`~swift_scale.data.shards.load_split`.
+        num_classes: needed for label noise.
+        noise_rate, noise_seed: symmetric noise decided by id (the same ids and classes as the indexed mode).
+        seed: the run's seed (shard order, kept sets, shuffle buffers).
+        oversample: candidates per kept sample in sampled passes (2 = keep half).
+        shuffle_buffer: raw samples held per worker for shuffling (0 = stored order).
+        num_workers: DataLoader worker processes per rank.
+        on_error: ``fail`` (DataError naming the shard and key) or ``skip`` (the batch is one sample short).
+    """
+
+    def __init__(self, index: ShardIndex, *, image_key: str = "png", label_key: str = "cls", in_chans: int = 1,
+                 image_size: int = 0, num_classes: int = 0, noise_rate: float = 0.0, noise_seed: int = 0,
+                 seed: int = 0, oversample: float = 2.0, shuffle_buffer: int = 0, num_workers: int = 0,
+                 on_error: str = "fail"):
+        if index.total == 0:
+            raise DataError("data.train: the split is empty")
+        if oversample < 1:
+            raise ValueError(f"data.oversample must be >= 1 (candidates per kept sample), got {oversample}")
+        self.index, self.urls = index, list(index.urls)
+        self.offsets = np.asarray(index.offsets, dtype=np.int64)
+        self.counts = np.asarray(index.counts, dtype=np.int64)
+        self.image_key, self.label_key, self.in_chans, self.image_size = image_key, label_key, in_chans, image_size
+        self.num_classes, self.seed, self.oversample = num_classes, seed, oversample
+        self.shuffle_buffer, self.num_workers, self.on_error = shuffle_buffer, num_workers, on_error
+        self.flipped, self.shift = noise_plan(index.total, noise_rate, num_classes, noise_seed or seed)
+
+    def __len__(self) -> int:
+        return self.index.total
+
+    # -- planning -------------------------------------------------------------------------------------------
+    def plan(self, probs: np.ndarray | None, pass_: int) -> PassPlan:
+        from swift_scale.sampler.select import keep_set
+
+        order = generator(self.seed, _SHARDS, pass_).permutation(len(self.urls))
+        if probs is None:
+            return PassPlan(order, None, self.counts.copy(), len(self))
+        _, mask = keep_set(np.asarray(probs, dtype=np.float64), 1.0 / self.oversample, self.seed, pass_)
+        kept = np.add.reduceat(mask.astype(np.int64), self.offsets) if len(self) else np.zeros(0, np.int64)
+        kept[self.counts == 0] = 0  # reduceat repeats the next value for empty shards
+        return PassPlan(order, mask, kept, int(mask.sum()))
+
+    @staticmethod
+    def steps(plan: PassPlan, world: int, per_rank: int) -> int:
+        """Optimizer steps of the pass, the same on every rank."""
+        return plan.total_kept // (world * per_rank)
+
+    def passes(self, epochs: int, sampled: bool) -> int:
+        """Passes that give a sampled run about the optimizer steps of ``epochs`` uniform passes."""
+        return max(1, round(epochs * self.oversample)) if sampled else epochs
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def _raw(self, shard: int, first: int, last: int, mask: np.ndarray | None):
+        """Raw (undecoded) samples with kept local index in [first, last) of one shard, with their global ids."""
+        url, offset = self.urls[shard], int(self.offsets[shard])
+        kept = -1
+        pipe = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        try:
+            for pos, sample in enumerate(pipe):
+                gid = offset + pos
+                if mask is not None and not mask[gid]:
+                    continue
+                kept += 1
+                if kept >= last:
+                    return
+                if kept >= first:
+                    yield gid, sample
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e})") from None
+
+    def _decode(self, gid: int, sample: dict):
+        try:
+            img = _decode_image(sample[self.image_key], self.in_chans, self.image_size)
+            label = int(sample[self.label_key].decode().strip())
+        except Exception as e:
+            if self.on_error == "fail":
+                raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} cannot be decoded "
+                                f"({type(e).__name__}: {e}); set data.on_error=skip to leave it out") from None
+            return None
+        if not 0 <= label < self.num_classes:
+            raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} has label {label} outside "
+                            f"[0, {self.num_classes}); set data.num_classes")
+        i = np.searchsorted(self.flipped, gid)
+        if i < len(self.flipped) and self.flipped[i] == gid:
+            label = (label + int(self.shift[i])) % self.num_classes
+        return img, label
+
+    def _collate(self, raw: list[tuple[int, dict]]):
+        out = [(gid, d) for gid, s in raw if (d := self._decode(gid, s)) is not None]
+        if not out:
+            return None
+        gids = torch.tensor([g for g, _ in out], dtype=torch.int64)
+        images = torch.from_numpy(np.stack([img for _, (img, _) in out]))
+        labels = torch.tensor([label for _, (_, label) in out], dtype=torch.int64)
+        return images, labels, gids
+
+    def shard_batches(self, shard: int, batch_size: int):
+        """Every sample of one shard in stored order, decoded: (images uint8, labels, global ids) batches."""
+        raw = []
+        for item in self._raw(shard, 0, int(self.counts[shard]), None):
+            raw.append(item)
+            if len(raw) == batch_size:
+                if (b := self._collate(raw)) is not None:
+                    yield b
+                raw = []
+        if raw and (b := self._collate(raw)) is not None:
+            yield b
+
+    def loader(self, plan: PassPlan, pass_: int, rank: int, world: int, per_rank: int, start_step: int = 0):
+        """This rank's batches of the pass from ``start_step`` on: exactly ``steps - start_step`` batches of
+        (images uint8 [b, C, H, W], labels, global ids), through a DataLoader with ``num_workers`` workers."""
+        steps = self.steps(plan, world, per_rank)
+        ds = _RankPass(self, plan, pass_, rank, steps, per_rank, start_step)
+        workers = self.num_workers if steps - start_step > 0 else 0
+        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                           persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def _blocks(num_batches: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous batch blocks [a, b) per worker; the first num_batches % workers get one more."""
+    base, extra = divmod(num_batches, workers)
+    out, a = [], 0
+    for w in range(workers):
+        n = base + (w < extra)
+        out.append((a, a + n))
+        a += n
+    return out
+
+
+class _RankPass(torch.utils.data.IterableDataset):
+    """One rank's share of one pass, split over DataLoader workers (see the module docstring)."""
+
+    def __init__(self, split: StreamingSplit, plan: PassPlan, pass_: int, rank: int, steps: int, per_rank: int,
+                 start_step: int):
+        self.split, self.plan, self.pass_, self.rank = split, plan, pass_, rank
+        self.steps, self.per_rank, self.start_step = steps, per_rank, start_step
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        loader_worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # DataLoader deals round-robin from its worker 0, so in a pass started at step 0 the j-th batch of
+        # worker w is step j·W + w. A resumed loader starts at start_step, so its worker k plays the role of
+        # worker (k + start_step) mod W, which had delivered ⌈(start_step − role) / W⌉ batches before.
+        worker = (loader_worker + self.start_step) % workers
+        a, b = _blocks(self.steps, workers)[worker]
+        done = max(0, math.ceil((self.start_step - worker) / workers))
+        first = self.rank * self.steps * self.per_rank + a * self.per_rank
+        last = self.rank * self.steps * self.per_rank + b * self.per_rank
+        rng = generator(self.split.seed, _SHUFFLE, self.pass_ * 1_000_003 + self.rank * 1009 + worker)
+        buf: list = []
+        batch: list = []
+        emitted = 0
+
+        def stream():
+            for shard, lo, hi in self.plan.segments(first, last):
+                yield from self.split._raw(shard, lo, hi, self.plan.mask)
+
+        def shuffled():
+            size = self.split.shuffle_buffer
+            for item in stream():
+                if size <= 1:
+                    yield item
+                    continue
+                buf.append(item)
+                if len(buf) >= size:
+                    j = int(rng.integers(len(buf)))
+                    buf[j], buf[-1] = buf[-1], buf[j]
+                    yield buf.pop()
+            while buf:
+                j = int(rng.integers(len(buf)))
+                buf[j], buf[-1] = buf[-1], buf[j]
+                yield buf.pop()
+
+        for item in shuffled():
+            batch.append(item)
+            if len(batch) == self.per_rank:
+                if emitted >= done:
+                    out = self.split._collate(batch)
+                    yield out if out is not None else _empty(self.split)
+                emitted += 1
+                batch = []
+
+
+def _empty(split: StreamingSplit):
+    """A batch whose every sample was skipped as undecodable: still one (zero-weight) step for DDP."""
+    return torch.zeros((0, split.in_chans, 1, 1), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), \
+        torch.zeros(0, dtype=torch.int64)

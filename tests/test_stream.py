@@ -1,0 +1,151 @@
+"""Streaming mode: kept sets invariant to world size and workers, equal steps, exact (pass, step) resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from swift_scale.data.shards import build_index, expand_shards
+from swift_scale.data.stream import StreamingSplit
+from tests.conftest import TINY, cli
+
+
+@pytest.fixture(scope="module")
+def split_factory(digits_shards):
+    index = build_index(expand_shards(digits_shards["train"]))
+
+    def make(**kw):
+        opts = dict(num_classes=10, seed=3, shuffle_buffer=50, on_error="fail", noise_rate=0.4) | kw
+        return StreamingSplit(index, **opts)
+
+    return make
+
+
+def _delivered(split, probs, pass_, world, global_batch, start_step=0):
+    """Every rank's batches of one pass: {rank: [gids per batch]} (ranks run in turn, in-process)."""
+    per_rank = global_batch // world
+    plan = split.plan(probs, pass_)
+    out = {}
+    for rank in range(world):
+        out[rank] = [gids.tolist() for _, _, gids in split.loader(plan, pass_, rank, world, per_rank, start_step)]
+    return plan, out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kept_set_is_the_same_for_world_1_2_4_and_workers(split_factory, workers):
+    split = split_factory(num_workers=workers)
+    p = np.random.default_rng(0).random(len(split)) ** 3
+    p /= p.sum()
+    sets = []
+    for world in (1, 2, 4):
+        plan, batches = _delivered(split, p, 1, world, 32)
+        steps = split.steps(plan, world, 32 // world)
+        assert all(len(b) == steps for b in batches.values())  # equal steps on every rank
+        assert all(len(x) == 32 // world for b in batches.values() for x in b)
+        gids = [g for b in batches.values() for x in b for g in x]
+        assert len(gids) == len(set(gids))  # without replacement
+        assert plan.mask[gids].all()  # only kept ids, decided from (seed, pass, id) before decoding
+        sets.append(set(gids))
+    assert sets[0] == sets[1] == sets[2]
+    assert len(sets[0]) == (round(len(split) / 2) // 32) * 32
+
+
+def test_kept_set_does_not_depend_on_workers_and_follows_p(split_factory):
+    p = np.ones(len(split_factory()))
+    p[: len(p) // 2] = 0.0  # the first half can never be kept
+    p /= p.sum()
+    a = _delivered(split_factory(num_workers=0), p, 2, 2, 16)[1]
+    b = _delivered(split_factory(num_workers=2), p, 2, 2, 16)[1]
+    ga = {g for r in a.values() for x in r for g in x}
+    gb = {g for r in b.values() for x in r for g in x}
+    assert ga == gb and min(ga) >= len(p) // 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_at_pass_and_step_continues_exactly(split_factory, workers):
+    split = split_factory(num_workers=workers)
+    p = np.random.default_rng(1).random(len(split))
+    _, full = _delivered(split, p, 4, 2, 16)
+    _, rest = _delivered(split, p, 4, 2, 16, start_step=5)
+    for rank in full:
+        assert rest[rank] == full[rank][5:]
+
+
+def test_uniform_pass_reads_everything_and_noise_matches_indexed_mode(split_factory, digits_shards):
+    from swift_scale.data.noise import symmetric_label_noise
+    from swift_scale.data.shards import load_split
+
+    split = split_factory(shuffle_buffer=0)
+    plan, batches = _delivered(split, None, 0, 1, len(split))
+    assert plan.total_kept == len(split) and len(batches[0]) == 1
+    loaded = load_split(split.index)
+    noisy, _ = symmetric_label_noise(loaded.labels, 0.4, 10, 3)
+    labels = torch.cat([y for _, y, _ in split.loader(plan, 0, 0, 1, len(split))])
+    gids = torch.cat([g for _, _, g in split.loader(plan, 0, 0, 1, len(split))]).numpy()
+    assert np.array_equal(labels.numpy(), noisy[gids])
+
+
+def test_mid_epoch_checkpoint_resumes_to_identical_weights(split_factory, tmp_path):
+    from accelerate import Accelerator
+
+    from swift_scale.train.loop import train_model
+    from swift_scale.train.models import create_model
+
+    class Boom(Exception):
+        pass
+
+    class Dying(StreamingSplit):  # the process "dies" after 7 batches of the first pass
+        def loader(self, *a, **k):
+            for i, b in enumerate(super().loader(*a, **k)):
+                if i == 7 and not (tmp_path / "died").exists():
+                    (tmp_path / "died").touch()
+                    raise Boom
+                yield b
+
+    def run(split, ckpt):
+        torch.manual_seed(0)
+        model = create_model("swift_cnn", 10, 1, width=4)
+        acc = Accelerator(cpu=True)
+        train_model(acc, model, split, probs=None, epochs=2, batch_size=32, lr=1e-2, weight_decay=0.0, seed=0,
+                    ckpt_dir=ckpt, progress=False, checkpoint_steps=3)
+        return acc.unwrap_model(model).state_dict()
+
+    ref = run(split_factory(), None)
+    base = split_factory()
+    dying = Dying(base.index, num_classes=10, seed=3, shuffle_buffer=50, on_error="fail", noise_rate=0.4)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    with pytest.raises(Boom):
+        run(dying, ckpt)
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["epoch"] == 0 and state["step"] == 6  # last checkpoint before the crash, mid-pass
+    resumed = run(dying, ckpt)
+    for k in ref:
+        torch.testing.assert_close(resumed[k], ref[k], rtol=0, atol=0)
+
+
+def test_cli_streaming_run(tmp_path, digits_shards):
+    out = tmp_path / "run"
+    args = [f"data.train={digits_shards['train']}", f"data.val={digits_shards['val']}",
+            f"data.test={digits_shards['test']}", f"run.out_dir={out}", *TINY, "data.mode=streaming",
+            "data.on_error=fail", "train.checkpoint_steps=5"]
+    r = cli("run", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["search"]["trials"] == 3 and summary["num_train"] == 1079
+    noise = json.loads((out / "noise.json").read_text())
+    assert noise["num_flipped"] == round(0.4 * 1079) and len(noise["class_shift"]) == noise["num_flipped"]
+    curve = json.loads((out / "final" / "metrics.json").read_text())["curve"]
+    assert len(curve) == 4  # 2 epochs × oversample 2 passes: the same optimizer steps as the uniform run
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["data.mode=streaming"], "data.on_error"),
+    (["data.mode=stream"], "data.mode"),
+    (["data.mode=streaming", "data.on_error=fail", "data.oversample=0.5"], "data.oversample"),
+])
+def test_streaming_config_errors(tmp_path, digits_shards, extra, needle):
+    r = cli("run", f"data.train={digits_shards['train']}", f"data.val={digits_shards['val']}",
+            f"data.test={digits_shards['test']}", f"run.out_dir={tmp_path / 'r'}", *TINY, *extra)
+    assert r.returncode == 2 and r.stderr.startswith(f"swift-scale: error: {needle}")
