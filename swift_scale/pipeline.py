@@ -122,13 +122,34 @@ class Pipeline:
                 cached = {}
             if all(s in cached and cached[s].urls == urls[s] for s in urls):
                 return cached
-        index = {s: hf_index(refs[s], hf_rows[s]) if s in hf_rows else build_index(u) for s, u in urls.items()}
+        index = {s: hf_index(refs[s], hf_rows[s]) if s in hf_rows else self._build_index(u) for s, u in urls.items()}
         for s, idx in index.items():
             if idx.total == 0:
                 raise DataError(f"data.{s}: the split is empty ({len(idx.urls)} shard(s) with no samples)")
         if self.acc.is_main_process:
             atomic_write_json(path, {s: i.to_dict() for s, i in index.items()})
         return index
+
+    def _build_index(self, urls: list[str]) -> ShardIndex:
+        """Count every shard's samples, shards split over ranks (ordinal mod world) and the counts all-gathered.
+
+        Each rank reads only its shards' tar headers; a bad shard is reported by every rank (no hang).
+        """
+        if self.acc.num_processes == 1:
+            return build_index(urls)
+        from accelerate.utils import gather_object
+
+        mine = []
+        for i in range(self.acc.process_index, len(urls), self.acc.num_processes):
+            try:
+                mine.append((i, build_index([urls[i]]).counts[0], None))
+            except DataError as e:
+                mine.append((i, 0, str(e)))
+        found = sorted(gather_object(mine))
+        errors = [e for _, _, e in found if e]
+        if errors:
+            raise DataError(errors[0])
+        return ShardIndex(urls, [c for _, c, _ in found])
 
     @property
     def data(self) -> Data:

@@ -81,11 +81,15 @@ LAUNCHERS = {
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
-def test_run_under_two_real_processes(tmp_path, digits_shards, launcher):
-    """2 CPU processes (gloo) via torchrun and via the shipped accelerate config: the whole pipeline."""
+@pytest.mark.parametrize("launcher,mode", [("accelerate", "indexed"), ("torchrun", "indexed"),
+                                           ("torchrun", "streaming")])
+def test_run_under_two_real_processes(tmp_path, digits_shards, launcher, mode):
+    """2 CPU processes (gloo) via torchrun and via the shipped accelerate config: the whole pipeline, also in
+    streaming mode with 2 DataLoader workers per rank."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, *LAUNCHERS[launcher], "-m", "swift_scale.cli", "run", *tiny_overrides(digits_shards, out)]
+    extra = ["data.mode=streaming", "data.on_error=fail", "data.num_workers=2"] if mode == "streaming" else []
+    cmd = [sys.executable, *LAUNCHERS[launcher], "-m", "swift_scale.cli", "run",
+           *tiny_overrides(digits_shards, out, *extra)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -93,6 +97,10 @@ def test_run_under_two_real_processes(tmp_path, digits_shards, launcher):
     assert len(read_jsonl(out / "search" / "history.jsonl")) == 3
     meta = json.loads((out / "features" / "meta.json").read_text())
     assert meta["complete"] and len(list((out / "features" / "done").iterdir())) == 4  # every shard, by 2 ranks
+    from swift_scale.data.shards import build_index, expand_shards
+
+    index = json.loads((out / "index.json").read_text())  # counted by 2 ranks, shard ordinal mod 2
+    assert index["train"]["counts"] == build_index(expand_shards(digits_shards["train"])).counts
 
 
 def test_tensorboard_tracking(tmp_path, digits_shards):
