@@ -66,6 +66,11 @@ def _run_pipeline(cfg, until: str, sampler: str | None = None):
 def _table(summary: dict) -> str:
     b, s = summary["baseline"]["value"], summary["swift"]["value"]
     rows = [("uniform (baseline)", b), ("swift sampler", s)]
+    if summary["baseline"]["metric"] == "test_perplexity":  # language modelling: lower is better
+        out = [f"{'sampling':<22}{'test perplexity':>15}", "-" * 37]
+        out += [f"{name:<22}{v:>15.2f}" for name, v in rows]
+        out.append(f"{'difference':<22}{s - b:>+15.2f}")
+        return "\n".join(out)
     out = [f"{'sampling':<22}{'test accuracy':>15}", "-" * 37]
     out += [f"{name:<22}{v * 100:>14.2f}%" for name, v in rows]
     out.append(f"{'difference':<22}{(s - b) * 100:>+14.2f} pts")

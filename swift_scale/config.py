@@ -59,6 +59,20 @@ class DataConfig:
     (shard, key) in ``data_errors.json`` and summary.json, never sampled — or ``fail`` at once."""
     allow_pipe: bool = False
     """Allow ``pipe:`` shard URLs (they run shell commands; off unless you trust the config)."""
+    task: str = "classification"
+    """``classification`` (images + class labels) or ``lm`` (language modelling on text; see ``seq_len``,
+    ``tokenizer``, ``text_key``; ``model.name: gpt2``)."""
+    text_key: str = "text"
+    """LM: the text column of an ``hf:`` source."""
+    seq_len: int = 128
+    """LM: tokens per packed training sequence (one example = one sequence)."""
+    tokenizer: str = ""
+    """LM: a local tokenizer directory; empty = train a byte-level BPE on the training split (saved in the run)."""
+    vocab_size: int = 8192
+    """LM: vocabulary of the BPE trained when ``tokenizer`` is empty."""
+    noise_mode: str = "replace"
+    """LM noise: a ``noise_rate`` fraction of training sequences gets every token ``replace``d by a random token,
+    or its tokens ``shuffle``d; the corrupted ids are saved in ``noise.json``."""
     mode: str = "indexed"
     """``indexed``: decode the training split into memory and draw epochs ∝ p. ``streaming``: read the training
     shards every pass (for data that does not fit in memory) and keep 1/``oversample`` of the candidates ∝ p,
@@ -182,6 +196,14 @@ class Config:
         need(0 <= self.data.noise_rate < 1, "data.noise_rate", f"must be in [0, 1), got {self.data.noise_rate}")
         need(self.data.on_error in ("skip", "fail"), "data.on_error",
              f"must be skip or fail, got {self.data.on_error!r}")
+        need(self.data.task in ("classification", "lm"), "data.task",
+             f"must be classification or lm, got {self.data.task!r}")
+        need(self.data.task == "classification" or self.data.mode == "indexed", "data.mode",
+             "data.task=lm runs in indexed mode (packed sequences in memory)")
+        need(self.data.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.data.seq_len}")
+        need(self.data.vocab_size >= 260, "data.vocab_size", "must be >= 260 (256 bytes + merges)")
+        need(self.data.noise_mode in ("replace", "shuffle"), "data.noise_mode",
+             f"must be replace or shuffle, got {self.data.noise_mode!r}")
         need(self.data.mode in ("indexed", "streaming"), "data.mode",
              f"must be indexed or streaming, got {self.data.mode!r}")
         need(self.data.mode == "indexed" or not self.data.train.startswith("hf:"), "data.mode",

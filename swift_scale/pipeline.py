@@ -32,7 +32,8 @@ from swift_scale.io import atomic_write_json, atomic_write_text
 from swift_scale.sampler.swift import SwiftSampler, num_params, uniform_theta
 from swift_scale.search.engine import SearchEngine
 from swift_scale.train.loop import Split, evaluate, extract_features, train_model
-from swift_scale.train.models import create_model
+from swift_scale.train.models import create_lm, create_model
+from swift_scale.train.tasks import CLASSIFICATION, ClassificationTask, LMTask
 
 __all__ = ["Pipeline", "PHASES"]
 
@@ -50,6 +51,7 @@ class Data:
     flipped: np.ndarray
     num_errors: int = 0
     train_valid: np.ndarray | None = None  # False for skipped training rows (never sampled)
+    task: object = CLASSIFICATION
 
 
 class Pipeline:
@@ -158,6 +160,8 @@ class Pipeline:
         return self._data
 
     def _load_data(self) -> Data:
+        if self.cfg.data.task == "lm":
+            return self._lm_data()
         index = self.index()
         d, m = self.cfg.data, self.cfg.model
         opts = dict(image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans, image_size=m.image_size,
@@ -195,6 +199,50 @@ class Pipeline:
         return Data(index, split(train.images, noisy), eval_split(loaded["val"]), eval_split(loaded["test"]),
                     num_classes, flipped, len(errors), None if train.valid.all() else train.valid)
 
+    def _lm_data(self) -> Data:
+        """Text → tokenizer (trained on the training split unless given) → packed sequences; noise by id."""
+        from swift_scale.data.text import (
+            corrupt_sequences,
+            encode,
+            load_tokenizer,
+            pack,
+            read_text,
+            train_tokenizer,
+            unigram_rarity,
+        )
+        from swift_scale.train.loop import TextSplit
+
+        d = self.cfg.data
+        texts = {s: read_text(getattr(d, s), text_key=d.text_key, field=f"data.{s}") for s in ("train", "val", "test")}
+        tok_dir = self.dir / "tokenizer"
+        if not d.tokenizer and not (tok_dir / "tokenizer.json").exists() and self.acc.is_main_process:
+            train_tokenizer(texts["train"], d.vocab_size, tok_dir)
+        self.acc.wait_for_everyone()
+        tok = load_tokenizer(d.tokenizer or tok_dir)
+        vocab = len(tok)
+        self._eos_id = tok.eos_token_id if tok.eos_token_id is not None else 0
+        seqs = {s: pack(encode(tok, t), d.seq_len) for s, t in texts.items()}
+        for s, x in seqs.items():
+            if len(x) == 0:
+                raise DataError(f"data.{s}: fewer than data.seq_len={d.seq_len} tokens; give more text")
+        noisy, flipped = corrupt_sequences(seqs["train"], d.noise_rate, vocab, d.noise_seed or self.cfg.seed,
+                                           d.noise_mode)
+        index = {s: hf_index(f"text:{s}", len(x), 1024) for s, x in seqs.items()}
+        if self.acc.is_main_process:
+            atomic_write_json(self.dir / "index.json", {s: i.to_dict() for s, i in index.items()})
+            atomic_write_json(self.dir / "data_errors.json", {"count": 0, "errors": []})
+            if d.noise_rate > 0:
+                atomic_write_json(self.dir / "noise.json", {"rate": d.noise_rate, "mode": d.noise_mode,
+                                                            "num_flipped": len(flipped),
+                                                            "flipped_ids": flipped.tolist()})
+
+        def split(x):
+            t = torch.from_numpy(x)
+            return TextSplit(t, t)
+
+        return Data(index, split(noisy), split(seqs["val"]), split(seqs["test"]), vocab, flipped, 0, None,
+                    task=LMTask(unigram_rarity(seqs["train"], vocab)))
+
     def _streaming_data(self, index: dict[str, ShardIndex], loaded: dict) -> Data:
         from swift_scale.data.stream import StreamingSplit
 
@@ -215,11 +263,20 @@ class Pipeline:
         return Data(index, train, split(loaded["val"]), split(loaded["test"]), num_classes, train.flipped, 0, None)
 
     # -- helpers --------------------------------------------------------------------------------------------
+    @property
+    def task(self):
+        return self.data.task
+
     def new_model(self, state: dict | None = None) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)
-            model = create_model(self.cfg.model.name, self.data.num_classes, self.cfg.model.in_chans,
-                                 self.cfg.model.checkpoint, **self.cfg.model.kwargs)
+            m = self.cfg.model
+            if self.cfg.data.task == "lm":
+                eos = {"bos_token_id": self._eos_id, "eos_token_id": self._eos_id}
+                model = create_lm(m.name, self.data.num_classes, self.cfg.data.seq_len, m.checkpoint,
+                                  **(eos | m.kwargs))
+            else:
+                model = create_model(m.name, self.data.num_classes, m.in_chans, m.checkpoint, **m.kwargs)
         if state is not None:
             model.load_state_dict(state)
         return model
@@ -242,23 +299,27 @@ class Pipeline:
                 hook(epoch, m)
             if not eval_each_epoch:
                 return {}
-            v, s = evaluate(self.acc, m, self.data.val), evaluate(self.acc, m, self.data.test)
+            v = evaluate(self.acc, m, self.data.val, task=self.task)
+            s = evaluate(self.acc, m, self.data.test, task=self.task)
             m.train()
             row = {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+            if "perplexity" in v:
+                row.update(val_perplexity=v["perplexity"], test_perplexity=s["perplexity"])
             self.log(desc, row, epoch)
             return row
 
         curve = train_model(self.acc, model, self.data.train, probs=probs, epochs=epochs, batch_size=t.batch_size,
                             lr=lr, weight_decay=t.weight_decay, seed=self.cfg.seed, ckpt_dir=ckpt_dir,
                             on_epoch=on_epoch, desc=desc, progress=t.progress, schedule=t.schedule,
-                            checkpoint_steps=t.checkpoint_steps)
+                            checkpoint_steps=t.checkpoint_steps, task=self.task)
         return model, curve
 
     def _unwrapped_state(self, model) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self.acc.unwrap_model(model).state_dict().items()}
 
     def _finish_training(self, model, curve, out: Path) -> dict:
-        metrics = {"val": evaluate(self.acc, model, self.data.val), "test": evaluate(self.acc, model, self.data.test),
+        metrics = {"val": evaluate(self.acc, model, self.data.val, task=self.task),
+                   "test": evaluate(self.acc, model, self.data.test, task=self.task),
                    "curve": curve}
         if self.acc.is_main_process:
             atomic_write_json(out / "metrics.json", metrics)
@@ -298,7 +359,7 @@ class Pipeline:
         idx = self.data.index["train"]
         store = extract_features(self.acc, model, self.data.train, store_dir, idx.offsets, idx.counts,
                                  self.cfg.features.batch_size, self.cfg.features.quantile_points,
-                                 self.cfg.train.progress)
+                                 self.cfg.train.progress, task=self.task)
         self.acc.free_memory()
         return store
 
@@ -307,6 +368,8 @@ class Pipeline:
 
     def make_sampler(self, theta, store: FeatureStore, feats: dict[str, np.ndarray]) -> SwiftSampler:
         names = self.cfg.sampler.features
+        if self.task.name != "classification" and tuple(names) == ClassificationTask.default_sampler_features:
+            names = list(self.task.default_sampler_features)  # the default pair, for this task's features
         for n in names:
             if n not in store.feature_names:
                 raise ConfigError(f"sampler.features: {n!r} is not a stored feature ({store.feature_names})")
@@ -331,7 +394,7 @@ class Pipeline:
                 probs = self.make_sampler(trial.theta, store, feats).probs(feats)
                 model, _ = self._train(probs, s.finetune_epochs, lr, None, state=state0, desc=f"trial {trial.index}",
                                        eval_each_epoch=False)
-                score = evaluate(self.acc, model, self.data.val)["accuracy"]
+                score = self.task.score(evaluate(self.acc, model, self.data.val, task=self.task))
             except Exception as e:  # noqa: BLE001 - any failure inside a trial is recorded, never fatal
                 error = f"{type(e).__name__}: {e}"
             self.acc.free_memory()
@@ -394,16 +457,16 @@ class Pipeline:
         hist_path = self.dir / "search" / "history.jsonl"
         engine = SearchEngine(hist_path, dim=num_params(self.cfg.sampler.segments)) if hist_path.exists() else None
         best = engine.best() if engine else None
+        metric = self.task.metric
         summary = {
-            "task": "classification",
+            "task": self.task.name,
             "dataset": self.cfg.data.train,
             "model": self.cfg.model.name,
             "noise_rate": self.cfg.data.noise_rate,
             "num_train": len(self.data.train),
-            "baseline": {"metric": "test_accuracy", "value": pre["test"]["accuracy"],
-                         "val_accuracy": pre["val"]["accuracy"]},
-            "swift": {"metric": "test_accuracy", "value": fin["test"]["accuracy"],
-                      "val_accuracy": fin["val"]["accuracy"]},
+            "baseline": {"metric": f"test_{metric}", "value": pre["test"][metric],
+                         f"val_{metric}": pre["val"][metric]},
+            "swift": {"metric": f"test_{metric}", "value": fin["test"][metric], f"val_{metric}": fin["val"][metric]},
             "search": {"trials": engine.num_trials, "failed": sum(r["status"] != "ok" for r in engine.history),
                        "best_score": best["score"], "best_trial": best["trial"], "strategy": self.cfg.search.strategy,
                        "uniform_score": engine.history[0]["score"]} if best else
@@ -424,8 +487,8 @@ class Pipeline:
             summary["noise_detection_auroc"] = noise_auroc(probs, self.data.flipped)
         if self.acc.is_main_process:
             atomic_write_json(self.dir / "summary.json", summary)
-        self.log("summary", {"baseline_test_accuracy": summary["baseline"]["value"],
-                             "swift_test_accuracy": summary["swift"]["value"]}, 0)
+        self.log("summary", {f"baseline_test_{metric}": summary["baseline"]["value"],
+                             f"swift_test_{metric}": summary["swift"]["value"]}, 0)
         return summary
 
     def run(self, until: str = "report", sampler_path: str | Path | None = None) -> dict | None:

@@ -99,6 +99,9 @@ class StreamingSplit:
     def __len__(self) -> int:
         return self.index.total
 
+    def to_input(self, images: torch.Tensor, device) -> torch.Tensor:
+        return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
     # -- planning -------------------------------------------------------------------------------------------
     def plan(self, probs: np.ndarray | None, pass_: int) -> PassPlan:
         from swift_scale.sampler.select import keep_set

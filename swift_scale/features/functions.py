@@ -15,7 +15,10 @@ import math
 
 import torch
 
-__all__ = ["CLASSIFICATION_FEATURES", "classification_features"]
+__all__ = ["CLASSIFICATION_FEATURES", "classification_features", "LM_FEATURES", "lm_features"]
+
+#: Column order of :func:`lm_features` (language modelling, one row per sequence).
+LM_FEATURES: tuple[str, ...] = ("loss", "rarity", "grad_proxy")
 
 #: Column order of :func:`classification_features` and of the feature store for classification tasks.
 CLASSIFICATION_FEATURES: tuple[str, ...] = ("loss", "renormed_entropy", "grad_proxy")
@@ -55,3 +58,27 @@ def classification_features(logits: torch.Tensor, labels: torch.Tensor) -> torch
     diff = p.scatter_add(1, y, -torch.ones_like(loss).unsqueeze(1))
     grad = diff.norm(dim=1)
     return torch.stack([loss, renormed, grad], dim=1)
+
+
+@torch.no_grad()
+def lm_features(logits: torch.Tensor, targets: torch.Tensor, rarity: torch.Tensor) -> torch.Tensor:
+    """Per-sequence language-modelling features, float32 [B, 3] in the order of :data:`LM_FEATURES`.
+
+    Args:
+        logits: [B, T, V] next-token scores (already aligned with ``targets``: logits[:, t] predicts targets[:, t]).
+        targets: [B, T] token ids.
+        rarity: [V] −log unigram frequency of each token on the training split.
+
+    ``loss`` = mean token −log p (log-perplexity of the sequence), ``rarity`` = mean rarity of its target tokens,
+    ``grad_proxy`` = mean over tokens of ‖p − onehot‖₂.
+    """
+    if logits.ndim != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)}, "
+                         f"{tuple(targets.shape)}")
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    y = targets.long().unsqueeze(-1)
+    loss = -logp.gather(-1, y).squeeze(-1).mean(1)
+    rare = rarity.to(logits.device, torch.float32)[targets.long()].mean(1)
+    p = logp.exp()
+    grad = p.scatter_add(-1, y, -torch.ones_like(y, dtype=p.dtype)).norm(dim=-1).mean(1)
+    return torch.stack([loss, rare, grad], dim=1)

@@ -92,7 +92,7 @@ def plot_search(history: list[dict], path: Path) -> None:
         ax.text(0.5, 0.5, "no search in this run (sampler transferred)", ha="center", transform=ax.transAxes)
     if history and history[0]["status"] == "ok":
         ax.axhline(history[0]["score"], color="gray", ls="--", lw=0.8, label="uniform (trial 0)")
-    ax.set(xlabel="trial", ylabel="validation accuracy after fine-tune", title="search")
+    ax.set(xlabel="trial", ylabel="validation score after fine-tune", title="search")
     ax.legend(loc="best", fontsize=8)
     _save(fig, path)
 
@@ -140,6 +140,9 @@ def write_report(run_dir: str | Path) -> Path:
         "|---|---|---|",
         f"| test accuracy | {pre['test']['accuracy']:.4f} | {fin['test']['accuracy']:.4f} |",
         f"| val accuracy | {pre['val']['accuracy']:.4f} | {fin['val']['accuracy']:.4f} |",
+        *([f"| test perplexity | {pre['test']['perplexity']:.2f} | {fin['test']['perplexity']:.2f} |",
+           f"| val perplexity | {pre['val']['perplexity']:.2f} | {fin['val']['perplexity']:.2f} |"]
+          if "perplexity" in pre["test"] else []),
         "",
         f"- dataset: `{summary.get('dataset', '?')}`, model `{summary.get('model', '?')}`, "
         f"noise rate {summary.get('noise_rate', 0)}",

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from swift_scale.features.functions import CLASSIFICATION_FEATURES, classification_features
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import atomic_write_json
 from swift_scale.sampler.select import epoch_indices, rank_share
+from swift_scale.train.tasks import CLASSIFICATION
 
-__all__ = ["Split", "train_model", "evaluate", "extract_features", "TrialFailed"]
+__all__ = ["Split", "TextSplit", "train_model", "evaluate", "extract_features", "TrialFailed"]
 
 
 class TrialFailed(RuntimeError):
@@ -44,7 +43,11 @@ class Split:
 
     def batch(self, ids: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-        return _to_model_input(self.images[idx], device), self.labels[idx].to(device, non_blocking=True)
+        return self.to_input(self.images[idx], device), self.labels[idx].to(device, non_blocking=True)
+
+    def to_input(self, images: torch.Tensor, device) -> torch.Tensor:
+        """Stored uint8 images → the model's float input in [−1, 1] on ``device``."""
+        return _to_model_input(images, device)
 
     def shard_batches(self, shard_offset: int, shard_count: int, batch_size: int):
         """(images uint8, labels, global ids) batches of one shard's rows, in order (the features pass)."""
@@ -52,6 +55,13 @@ class Split:
         for b in range(0, len(ids), batch_size):
             idx = torch.from_numpy(ids[b:b + batch_size])
             yield self.images[idx], self.labels[idx], idx
+
+
+class TextSplit(Split):
+    """Packed token sequences held in memory: ``images`` = ``labels`` = tokens int64 [N, T]; row = global id."""
+
+    def to_input(self, images: torch.Tensor, device) -> torch.Tensor:
+        return images.to(device, non_blocking=True)
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
@@ -79,7 +89,7 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, data, *, probs
                 epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
                 ckpt_dir: Path | None = None, on_epoch: Callable[[int, torch.nn.Module], dict] | None = None,
                 desc: str = "train", progress: bool = True, schedule: str = "constant",
-                checkpoint_steps: int = 0) -> list[dict]:
+                checkpoint_steps: int = 0, task=CLASSIFICATION) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs, sampling ids ∝ ``probs`` (None = uniform).
 
     ``data`` is an in-memory :class:`Split` (indexed mode: each epoch draws ids ∝ p) or a
@@ -120,7 +130,7 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, data, *, probs
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + step) / (epochs_total * steps)))
             with accelerator.autocast():
                 # a batch whose samples were all skipped still takes part in the gradient all-reduce
-                loss = F.cross_entropy(model(x), y) if len(y) else sum(p.sum() * 0 for p in model.parameters())
+                loss = task.loss(model, x, y) if len(y) else sum(p.sum() * 0 for p in model.parameters())
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
@@ -165,33 +175,35 @@ def _save_state(accelerator: Accelerator, ckpt_dir: Path, epoch: int, curve: lis
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: torch.nn.Module, data: Split, batch_size: int = 512) -> dict:
-    """Accuracy and mean loss over the whole split; each rank takes ids[rank::world], results are summed."""
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, data: Split, batch_size: int = 512,
+             task=CLASSIFICATION) -> dict:
+    """The task's metrics (accuracy and mean loss; perplexity for LM) over the whole split; each rank takes
+    ids[rank::world], the sums are all-reduced."""
     model.eval()
     ids = np.arange(len(data))[accelerator.process_index::accelerator.num_processes]
     sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
     for s in range(0, len(ids), batch_size):
         x, y = data.batch(ids[s:s + batch_size], accelerator.device)
         with accelerator.autocast():
-            logits = model(x)
-        sums[0] += (logits.argmax(1) == y).sum()
-        sums[1] += F.cross_entropy(logits.float(), y, reduction="sum")
-        sums[2] += len(y)
+            correct, loss_sum, count = task.eval_sums(model, x, y)
+        sums[0] += correct
+        sums[1] += loss_sum
+        sums[2] += count
     sums = accelerator.reduce(sums, "sum")
-    return {"accuracy": (sums[0] / sums[2]).item(), "loss": (sums[1] / sums[2]).item()}
+    return task.finish(sums)
 
 
 @torch.no_grad()
 def extract_features(accelerator: Accelerator, model: torch.nn.Module, data: Split, store_dir: Path,
                      shard_offsets: list[int], shard_counts: list[int], batch_size: int = 512,
-                     quantile_points: int = 1025, progress: bool = True) -> FeatureStore:
+                     quantile_points: int = 1025, progress: bool = True, task=CLASSIFICATION) -> FeatureStore:
     """One pass of θ0 over the training split writing features into the store, by global id.
 
     Rank r owns the shards with ordinal ≡ r (mod world) and writes its ids straight into the memory-mapped
     store (nothing is gathered); each finished shard is marked, so a killed pass redoes only unfinished shards.
     """
     if accelerator.is_main_process:
-        FeatureStore.create(store_dir, len(data), CLASSIFICATION_FEATURES)
+        FeatureStore.create(store_dir, len(data), task.feature_names)
     accelerator.wait_for_everyone()
     store = FeatureStore(store_dir, mode="r+")
     done = store.done_units()
@@ -205,8 +217,8 @@ def extract_features(accelerator: Accelerator, model: torch.nn.Module, data: Spl
                    else data.shard_batches(s, batch_size))
         for images, labels, ids in batches:
             with accelerator.autocast():
-                logits = model(_to_model_input(images, accelerator.device))
-            feats = classification_features(logits, labels.to(accelerator.device)).cpu().numpy()
+                feats = task.features(model, data.to_input(images, accelerator.device),
+                                      labels.to(accelerator.device)).cpu().numpy()
             store.write(ids.numpy(), feats)
         store.mark_done(unit)
     store.flush()

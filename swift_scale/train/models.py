@@ -7,7 +7,27 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["create_model", "SwiftCNN"]
+__all__ = ["create_model", "create_lm", "SwiftCNN"]
+
+
+def create_lm(name: str, vocab_size: int, seq_len: int, checkpoint: str | None = None, **kwargs) -> nn.Module:
+    """A transformers causal LM: ``gpt2`` (built from a GPT2Config: vocab, ``n_positions=seq_len`` and
+    ``kwargs`` such as n_layer, n_embd, n_head — never downloaded) or a local checkpoint directory."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    path = checkpoint or (name if os.path.isdir(name) else None)
+    if path:
+        if not os.path.isdir(path):
+            raise ValueError(f"model.checkpoint: {path} is not a local transformers checkpoint directory")
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    if name != "gpt2":
+        raise ValueError(f"model.name: {name!r} is not a language model here; use gpt2 (sized by model.kwargs: "
+                         "n_layer, n_embd, n_head, …) or a local checkpoint directory")
+    try:
+        config = GPT2Config(vocab_size=vocab_size, n_positions=seq_len, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"model.kwargs: {e}") from None
+    return GPT2LMHeadModel(config)
 
 
 class SwiftCNN(nn.Module):

@@ -1,0 +1,123 @@
+"""Text for language modelling: sources, a byte-level BPE tokenizer, packed sequences with stable ids, noise.
+
+A split is named by ``data.train`` etc. as
+
+- plain-text files: a path, a glob or a brace pattern (``corpus/train-*.txt``; several joined by ``::``), read
+  as UTF-8 in sorted order;
+- a Hugging Face dataset: ``hf:DIR[#SPLIT]`` / ``hf:BUILDER:FILES`` (see :mod:`swift_scale.data.hf`), whose
+  ``data.text_key`` column (default ``text``) is joined with newlines.
+
+The text is tokenized and packed into fixed-length sequences of ``seq_len`` tokens (the tail that does not fill a
+sequence is dropped); the global id of a sequence is its index, stable for a given corpus and tokenizer.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+
+from swift_scale.data.hf import is_hf, open_hf
+from swift_scale.data.shards import DataError
+from swift_scale.rng import stream_id, uniform01
+
+__all__ = ["read_text", "train_tokenizer", "load_tokenizer", "pack", "corrupt_sequences", "unigram_rarity"]
+
+
+def read_text(ref: str, *, text_key: str = "text", field: str = "data") -> str:
+    """All text of one split (files or an HF text column); DataError naming ``field`` if there is none."""
+    if is_hf(ref):
+        ds = open_hf(ref, field)
+        if text_key not in ds.column_names:
+            raise DataError(f"{field}: no column {text_key!r} in {ref} (columns: {ds.column_names}); "
+                            "set data.text_key")
+        text = "\n".join(t for t in ds[text_key] if t)
+    else:
+        from webdataset.shardlists import expand_urls
+
+        paths: list[str] = []
+        for pattern in expand_urls(ref):
+            found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+            paths += [p for p in found if os.path.isfile(p)]
+            if not found or not all(os.path.isfile(p) for p in found):
+                raise DataError(f"{field}: {pattern} does not exist; give text files (a path, glob or brace pattern)")
+        text = "\n".join(Path(p).read_text(encoding="utf-8", errors="replace") for p in paths)
+    if not text.strip():
+        raise DataError(f"{field}: {ref} holds no text")
+    return text
+
+
+def train_tokenizer(text: str, vocab_size: int, out_dir: str | os.PathLike):
+    """Train a byte-level BPE (``tokenizers``) on ``text``; saved as a transformers tokenizer in ``out_dir``."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    chunks = (text[i:i + 1 << 20] for i in range(0, len(text), 1 << 20))
+    bpe.train_from_iterator(chunks, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    tmp = Path(f"{out_dir}.tmp")
+    tok.save_pretrained(str(tmp))
+    if Path(out_dir).exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return tok
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A local tokenizer directory (``save_pretrained`` layout), never the network."""
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise DataError(f"data.tokenizer: {path} is not a tokenizer directory (save_pretrained layout)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise DataError(f"data.tokenizer: cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def encode(tokenizer, text: str) -> np.ndarray:
+    """Token ids of ``text`` (int32), encoded in line batches so large corpora stay fast."""
+    lines = text.splitlines(keepends=True)
+    out = []
+    for i in range(0, len(lines), 4096):
+        out += [np.asarray(ids, dtype=np.int32) for ids in tokenizer(lines[i:i + 4096])["input_ids"]]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
+
+def pack(ids: np.ndarray, seq_len: int) -> np.ndarray:
+    """Fixed-length sequences [N, seq_len] (int64); sequence i = tokens [i·L, (i+1)·L)."""
+    n = len(ids) // seq_len
+    return np.asarray(ids[:n * seq_len], dtype=np.int64).reshape(n, seq_len)
+
+
+def corrupt_sequences(tokens: np.ndarray, rate: float, vocab_size: int, seed: int, mode: str = "replace"):
+    """Corrupt exactly round(rate·N) sequences, chosen by id from (seed, id): ``replace`` every token by a random
+    token, or ``shuffle`` the tokens of the sequence. Returns (noisy tokens, corrupted ids sorted)."""
+    if mode not in ("replace", "shuffle"):
+        raise ValueError(f"data.noise_mode must be replace or shuffle, got {mode!r}")
+    n, length = tokens.shape
+    k = int(round(rate * n))
+    noisy = tokens.copy()
+    if k == 0:
+        return noisy, np.zeros(0, dtype=np.int64)
+    order = np.argsort(uniform01(seed, stream_id("text-noise-pick"), 0, np.arange(n)), kind="stable")
+    flipped = np.sort(order[:k])
+    cells = (flipped[:, None] * length + np.arange(length)[None, :]).ravel()
+    u = uniform01(seed, stream_id("text-noise-token"), 0, cells).reshape(k, length)
+    if mode == "replace":
+        noisy[flipped] = np.minimum((u * vocab_size).astype(np.int64), vocab_size - 1)
+    else:
+        noisy[flipped] = np.take_along_axis(tokens[flipped], np.argsort(u, axis=1), axis=1)
+    return noisy, flipped
+
+
+def unigram_rarity(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """−log of each token's add-one-smoothed unigram frequency on ``tokens`` (float32 [vocab_size])."""
+    counts = np.bincount(np.asarray(tokens).ravel(), minlength=vocab_size).astype(np.float64) + 1.0
+    return (-np.log(counts / counts.sum())).astype(np.float32)
