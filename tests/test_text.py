@@ -1,0 +1,100 @@
+"""Language modelling: features against a direct computation, text noise, a tiny GPT end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from swift_scale.data.text import corrupt_sequences, pack, unigram_rarity
+from swift_scale.features.functions import lm_features
+from tests.conftest import ROOT, cli
+
+TEXT = ROOT / "tests" / "data"
+
+
+def test_lm_features_match_a_direct_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7)  # B=3 sequences, T=5 positions, V=7
+    targets = torch.randint(0, 7, (3, 5))
+    rarity = torch.rand(7) * 5
+    got = lm_features(logits, targets, rarity)
+    for b in range(3):
+        losses, grads = [], []
+        for t in range(5):
+            p = [math.exp(z) for z in logits[b, t].tolist()]
+            total = sum(p)
+            p = [x / total for x in p]
+            y = int(targets[b, t])
+            losses.append(-math.log(p[y]))
+            grads.append(math.sqrt(sum((p[j] - (j == y)) ** 2 for j in range(7))))
+        rare = sum(float(rarity[int(targets[b, t])]) for t in range(5)) / 5
+        assert got[b].tolist() == pytest.approx([sum(losses) / 5, rare, sum(grads) / 5], rel=1e-5)
+
+
+def test_unigram_rarity_and_packing():
+    ids = np.array([0, 0, 0, 1, 2, 2, 5])
+    r = unigram_rarity(ids, 6)
+    counts = np.array([3, 1, 2, 0, 0, 1]) + 1.0
+    np.testing.assert_allclose(r, -np.log(counts / counts.sum()), rtol=1e-6)
+    assert pack(np.arange(10), 3).tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+@pytest.mark.parametrize("mode", ["replace", "shuffle"])
+def test_sequence_noise_is_exact_reproducible_and_recorded(mode):
+    tokens = np.arange(200 * 16).reshape(200, 16) % 97
+    noisy, flipped = corrupt_sequences(tokens, 0.3, 97, seed=5, mode=mode)
+    again, flipped2 = corrupt_sequences(tokens, 0.3, 97, seed=5, mode=mode)
+    assert len(flipped) == 60 and np.array_equal(flipped, flipped2) and np.array_equal(noisy, again)
+    clean = np.setdiff1d(np.arange(200), flipped)
+    assert np.array_equal(noisy[clean], tokens[clean])
+    assert np.mean(np.any(noisy[flipped] != tokens[flipped], axis=1)) > 0.95
+    if mode == "shuffle":
+        assert np.array_equal(np.sort(noisy[flipped], axis=1), np.sort(tokens[flipped], axis=1))
+    assert noisy.max() < 97
+
+
+def _lm_args(out, *extra):
+    return ["data.task=lm", f"data.train={TEXT / 'kjv_train.txt'}", f"data.val={TEXT / 'kjv_val.txt'}",
+            f"data.test={TEXT / 'kjv_test.txt'}", "data.vocab_size=512", "data.seq_len=64", "data.noise_rate=0.3",
+            "model.name=gpt2", "model.kwargs.n_layer=2", "model.kwargs.n_embd=32", "model.kwargs.n_head=2",
+            f"run.out_dir={out}", "train.epochs=2", "train.batch_size=32", "train.cpu=true", "train.progress=false",
+            "search.trials=3", "search.finetune_epochs=1", "search.n_init=1", "search.num_restarts=1",
+            "search.raw_samples=16", *extra]
+
+
+def test_tiny_gpt_runs_every_phase(tmp_path):
+    out = tmp_path / "lm"
+    r = cli("run", *_lm_args(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test perplexity" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "lm" and summary["baseline"]["metric"] == "test_perplexity"
+    assert 1 < summary["swift"]["value"] < 512 and summary["search"]["trials"] == 3
+    hist = [json.loads(x) for x in (out / "search" / "history.jsonl").read_text().splitlines()]
+    assert all(r["score"] < 0 for r in hist)  # −log perplexity
+    meta = json.loads((out / "features" / "meta.json").read_text())
+    assert meta["feature_names"] == ["loss", "rarity", "grad_proxy"] and meta["complete"]
+    sampler = json.loads((out / "sampler.json").read_text())
+    assert sampler["features"] == ["loss", "rarity"]
+    noise = json.loads((out / "noise.json").read_text())
+    assert noise["num_flipped"] == round(0.3 * summary["num_train"]) and noise["mode"] == "replace"
+    assert (out / "tokenizer" / "tokenizer.json").exists() and (out / "report" / "report.md").exists()
+    # a second run with the saved tokenizer directory reads it instead of training one
+    r2 = cli("run", *_lm_args(tmp_path / "lm2", f"data.tokenizer={out / 'tokenizer'}", "search.trials=1",
+                              "train.epochs=1"))
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert not (tmp_path / "lm2" / "tokenizer").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["data.mode=streaming", "data.on_error=fail"], "data.mode"),
+    (["data.train=/nonexistent/corpus.txt"], "data.train"),
+    (["data.seq_len=100000"], "data.train"),
+    (["model.name=bert"], "model.name"),
+])
+def test_lm_bad_input_exits_2(tmp_path, extra, needle):
+    r = cli("run", *_lm_args(tmp_path / "bad", *extra))
+    assert r.returncode == 2, r.stderr[-1000:]
+    assert r.stderr.startswith(f"swift-scale: error: {needle}") and len(r.stderr.strip().splitlines()) == 1
