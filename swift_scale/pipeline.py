@@ -204,6 +204,8 @@ class Pipeline:
         from swift_scale.data.text import (
             corrupt_sequences,
             encode,
+            is_token_shards,
+            load_token_shards,
             load_tokenizer,
             pack,
             read_text,
@@ -213,7 +215,11 @@ class Pipeline:
         from swift_scale.train.loop import TextSplit
 
         d = self.cfg.data
-        texts = {s: read_text(getattr(d, s), text_key=d.text_key, field=f"data.{s}") for s in ("train", "val", "test")}
+        refs = {s: getattr(d, s) for s in ("train", "val", "test")}
+        shards = {s: is_token_shards(r) for s, r in refs.items()}
+        if any(shards.values()) and not d.tokenizer:
+            raise ConfigError("data.tokenizer: token shards need the tokenizer directory that wrote them")
+        texts = {s: read_text(r, text_key=d.text_key, field=f"data.{s}") for s, r in refs.items() if not shards[s]}
         tok_dir = self.dir / "tokenizer"
         if not d.tokenizer and not (tok_dir / "tokenizer.json").exists() and self.acc.is_main_process:
             train_tokenizer(texts["train"], d.vocab_size, tok_dir)
@@ -221,13 +227,20 @@ class Pipeline:
         tok = load_tokenizer(d.tokenizer or tok_dir)
         vocab = len(tok)
         self._eos_id = tok.eos_token_id if tok.eos_token_id is not None else 0
-        seqs = {s: pack(encode(tok, t), d.seq_len) for s, t in texts.items()}
-        for s, x in seqs.items():
-            if len(x) == 0:
+        index, seqs = {}, {}
+        for s, r in refs.items():
+            if shards[s]:  # large corpora: tokenized once into shards; the real shard table gives the ids
+                index[s] = self._build_index(expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}"))
+                seqs[s] = load_token_shards(index[s], d.seq_len, field=f"data.{s}")
+            else:
+                seqs[s] = pack(encode(tok, texts[s]), d.seq_len)
+                index[s] = hf_index(f"text:{s}", len(seqs[s]), 1024)
+            if len(seqs[s]) == 0:
                 raise DataError(f"data.{s}: fewer than data.seq_len={d.seq_len} tokens; give more text")
+            if seqs[s].max() >= vocab:
+                raise DataError(f"data.{s}: token id {seqs[s].max()} >= the tokenizer's {vocab}; wrong data.tokenizer")
         noisy, flipped = corrupt_sequences(seqs["train"], d.noise_rate, vocab, d.noise_seed or self.cfg.seed,
                                            d.noise_mode)
-        index = {s: hf_index(f"text:{s}", len(x), 1024) for s, x in seqs.items()}
         if self.acc.is_main_process:
             atomic_write_json(self.dir / "index.json", {s: i.to_dict() for s, i in index.items()})
             atomic_write_json(self.dir / "data_errors.json", {"count": 0, "errors": []})

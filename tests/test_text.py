@@ -98,3 +98,31 @@ def test_lm_bad_input_exits_2(tmp_path, extra, needle):
     r = cli("run", *_lm_args(tmp_path / "bad", *extra))
     assert r.returncode == 2, r.stderr[-1000:]
     assert r.stderr.startswith(f"swift-scale: error: {needle}") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_token_shards_for_large_corpora(tmp_path):
+    """Text tokenized once into WebDataset shards (tools/write_token_shards.py), then trained from the shards."""
+    import subprocess
+    import sys
+
+    shards = tmp_path / "tok"
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "write_token_shards.py"), str(shards),
+                          "--train", str(TEXT / "kjv_train.txt"), "--val", str(TEXT / "kjv_val.txt"),
+                          "--test", str(TEXT / "kjv_test.txt"), "--vocab-size", "512", "--seq-len", "64",
+                          "--maxcount", "150"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    patterns = dict(line.split(": ", 1) for line in res.stdout.strip().splitlines())
+    train = patterns["train"].split(" (")[0]
+    assert train.endswith("}.tar")
+    out = tmp_path / "run"
+    args = _lm_args(out, f"data.train={train}", f"data.val={patterns['val'].split(' (')[0]}",
+                    f"data.test={patterns['test'].split(' (')[0]}", f"data.tokenizer={patterns['tokenizer']}",
+                    "search.trials=2", "train.epochs=1")
+    r = cli("run", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    index = json.loads((out / "index.json").read_text())
+    n = int(patterns["train"].split("(")[1].split()[0])
+    assert index["train"]["total"] == n and len(index["train"]["urls"]) == -(-n // 150)
+    assert json.loads((out / "summary.json").read_text())["num_train"] == n
+    r = cli("run", *_lm_args(tmp_path / "r2", f"data.train={train}"))  # no tokenizer given for token shards
+    assert r.returncode == 2 and "data.tokenizer" in r.stderr

@@ -23,7 +23,41 @@ from swift_scale.data.hf import is_hf, open_hf
 from swift_scale.data.shards import DataError
 from swift_scale.rng import stream_id, uniform01
 
-__all__ = ["read_text", "train_tokenizer", "load_tokenizer", "pack", "corrupt_sequences", "unigram_rarity"]
+__all__ = ["is_token_shards", "load_token_shards", "read_text", "train_tokenizer", "load_tokenizer", "pack", "corrupt_sequences", "unigram_rarity"]
+
+
+def is_token_shards(ref: str) -> bool:
+    """A WebDataset pattern of ``.tar`` shards (``tokens.npy`` samples written by ``write_token_shards``)."""
+    from webdataset.shardlists import expand_urls
+
+    urls = [] if is_hf(ref) else expand_urls(ref)
+    return bool(urls) and all(u.endswith(".tar") for u in urls)
+
+
+def load_token_shards(index, seq_len: int, field: str = "data") -> np.ndarray:
+    """Packed sequences int64 [N, seq_len] from token shards, in shard-table order (row = global id)."""
+    import io
+
+    import webdataset as wds
+
+    rows = []
+    for url, count in zip(index.urls, index.counts):
+        n = 0
+        for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+            if "tokens.npy" not in sample:
+                raise DataError(f"{url}: sample {sample.get('__key__')!r} has no tokens.npy; write token shards "
+                                "with swift_scale.data.writers.write_token_shards")
+            seq = np.load(io.BytesIO(sample["tokens.npy"]))
+            if seq.shape != (seq_len,):
+                raise DataError(f"{url}: sample {sample.get('__key__')!r} has {seq.shape[0]} tokens, "
+                                f"data.seq_len={seq_len}; set data.seq_len to the shards' length")
+            rows.append(seq.astype(np.int64))
+            n += 1
+        if n != count:
+            raise DataError(f"{url}: {n} samples read but {count} indexed; delete the run's index.json")
+    if not rows:
+        raise DataError(f"{field}: no token sequences")
+    return np.stack(rows)
 
 
 def read_text(ref: str, *, text_key: str = "text", field: str = "data") -> str:

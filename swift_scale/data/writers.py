@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-__all__ = ["write_shards", "write_digits", "write_fashion_mnist", "split_indices"]
+__all__ = ["write_shards", "write_token_shards", "write_digits", "write_fashion_mnist", "split_indices"]
 
 
 def write_shards(out_dir: str | os.PathLike, split: str, images: np.ndarray, labels: np.ndarray,
@@ -19,14 +19,27 @@ def write_shards(out_dir: str | os.PathLike, split: str, images: np.ndarray, lab
     Returns the brace pattern of the written shards. Shards are written under a temp folder and moved into
     place, so a crash never leaves a half-written split that looks complete.
     """
+    return _write(out_dir, split, ({"png": np.ascontiguousarray(img), "cls": int(label)}
+                                   for img, label in zip(images, labels)), maxcount)
+
+
+def write_token_shards(out_dir: str | os.PathLike, split: str, sequences: np.ndarray, maxcount: int = 10000) -> str:
+    """Write packed token sequences (int [N, T]) as ``tokens.npy`` samples to ``{split}-%06d.tar`` (for
+    corpora too large to tokenize at every run; read back with ``data.task=lm`` and ``data.tokenizer``)."""
+    dtype = np.uint16 if sequences.max(initial=0) < 1 << 16 else np.int32
+    return _write(out_dir, split, ({"tokens.npy": np.ascontiguousarray(seq, dtype=dtype)} for seq in sequences),
+                  maxcount)
+
+
+def _write(out_dir: str | os.PathLike, split: str, samples, maxcount: int) -> str:
     out = Path(out_dir)
     tmp = out / f".tmp-{split}"
     tmp.mkdir(parents=True, exist_ok=True)
     for old in tmp.glob("*.tar"):
         old.unlink()
     with wds.ShardWriter(str(tmp / f"{split}-%06d.tar"), maxcount=maxcount, verbose=0) as sink:
-        for i, (img, label) in enumerate(zip(images, labels)):
-            sink.write({"__key__": f"{i:08d}", "png": np.ascontiguousarray(img), "cls": int(label)})
+        for i, sample in enumerate(samples):
+            sink.write({"__key__": f"{i:08d}", **sample})
     written = sorted(tmp.glob("*.tar"))
     for old in out.glob(f"{split}-*.tar"):
         old.unlink()
