@@ -206,8 +206,9 @@ class Config:
              f"must be replace or shuffle, got {self.data.noise_mode!r}")
         need(self.data.mode in ("indexed", "streaming"), "data.mode",
              f"must be indexed or streaming, got {self.data.mode!r}")
-        need(self.data.mode == "indexed" or not self.data.train.startswith("hf:"), "data.mode",
-             "streaming reads WebDataset shards; use data.mode=indexed for an hf: source")
+        need(self.data.mode == "indexed" or not self.data.train.startswith("hf:")
+             or self.data.train.startswith("hf:parquet:"), "data.mode",
+             "streaming reads WebDataset shards or hf:parquet:FILES; use data.mode=indexed for other hf: sources")
         need(self.data.mode == "indexed" or self.data.on_error == "fail", "data.on_error",
              "data.mode=streaming needs data.on_error=fail (skipping bad samples is an indexed-mode feature)")
         need(self.data.oversample >= 1, "data.oversample", f"must be >= 1, got {self.data.oversample}")

@@ -114,7 +114,13 @@ class Pipeline:
         refs = {s: getattr(d, s) for s in ("train", "val", "test")}
         urls = {s: None if is_hf(r) else expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}")
                 for s, r in refs.items()}
-        hf_rows = {s: len(open_hf(r, f"data.{s}")) for s, r in refs.items() if is_hf(r)}
+        stream_hf = d.mode == "streaming" and is_hf(refs["train"])  # parquet files, streamed per file
+        hf_rows = {s: len(open_hf(r, f"data.{s}")) for s, r in refs.items()
+                   if is_hf(r) and not (s == "train" and stream_hf)}
+        if stream_hf:
+            from swift_scale.data.stream import hf_stream_index
+
+            urls["train"] = hf_stream_index(refs["train"]).urls
         for s, n in hf_rows.items():
             urls[s] = hf_index(refs[s], n).urls
         if path.exists():
@@ -124,7 +130,10 @@ class Pipeline:
                 cached = {}
             if all(s in cached and cached[s].urls == urls[s] for s in urls):
                 return cached
-        index = {s: hf_index(refs[s], hf_rows[s]) if s in hf_rows else self._build_index(u) for s, u in urls.items()}
+        index = {s: hf_index(refs[s], hf_rows[s]) if s in hf_rows else self._build_index(u) for s, u in urls.items()
+                 if not (s == "train" and stream_hf)}
+        if stream_hf:
+            index["train"] = hf_stream_index(refs["train"])
         for s, idx in index.items():
             if idx.total == 0:
                 raise DataError(f"data.{s}: the split is empty ({len(idx.urls)} shard(s) with no samples)")
@@ -261,7 +270,16 @@ class Pipeline:
 
         d, m = self.cfg.data, self.cfg.model
         num_classes = d.num_classes or int(max(ld.labels[ld.valid].max() for ld in loaded.values())) + 1
-        train = StreamingSplit(index["train"], image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans,
+        image_key, label_key = d.image_key, d.label_key
+        if index["train"].urls[0].startswith("hf:parquet:"):  # HF columns, with the usual fallbacks
+            import pyarrow.parquet as pq
+
+            from swift_scale.data.hf import pick_column
+
+            names = pq.read_schema(index["train"].urls[0][len("hf:parquet:"):]).names
+            image_key = pick_column(names, d.image_key, ("image", "img", "pixel_values"), "data.train", "image_key")
+            label_key = pick_column(names, d.label_key, ("label", "labels", "cls"), "data.train", "label_key")
+        train = StreamingSplit(index["train"], image_key=image_key, label_key=label_key, in_chans=m.in_chans,
                                image_size=m.image_size, num_classes=num_classes, noise_rate=d.noise_rate,
                                noise_seed=d.noise_seed, seed=self.cfg.seed, oversample=d.oversample,
                                shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, on_error=d.on_error)

@@ -70,3 +70,24 @@ def test_hf_missing_columns_name_the_key(tmp_path):
         load_hf_split(f"hf:{tmp_path / 'd'}", image_key="png", field="data.train")
     split = load_hf_split(f"hf:{tmp_path / 'd'}", image_key="x", label_key="y")  # arrays are images too
     assert split.images.shape == (2, 1, 2, 2) and split.labels.tolist() == [0, 1]
+
+
+def test_streaming_run_on_hf_parquet_files(hf_digits, tmp_path):
+    """data.mode=streaming over parquet files written by `datasets` (uneven: 3 files), read as IterableDatasets."""
+    ds = datasets.load_from_disk(str(hf_digits / "digits"))["train"]
+    files = tmp_path / "pq"
+    files.mkdir()
+    for i, (lo, hi) in enumerate([(0, 40), (40, 400), (400, 1200)]):
+        ds.select(range(lo, hi)).to_parquet(str(files / f"train-{i:05d}.parquet"))
+    from swift_scale.data.stream import hf_stream_index
+
+    index = hf_stream_index(f"hf:parquet:{files}/*.parquet")
+    assert index.counts == [40, 360, 800]
+    out = tmp_path / "run"
+    r = cli("run", f"data.train=hf:parquet:{files}/*.parquet", f"data.val=hf:{hf_digits / 'digits'}#val",
+            f"data.test=hf:{hf_digits / 'digits'}#test", f"run.out_dir={out}", *TINY, "data.mode=streaming",
+            "data.on_error=fail", "data.num_workers=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_train"] == 1200 and summary["search"]["trials"] == 3
+    assert len(list((out / "features" / "done").iterdir())) == 3  # one unit per parquet file

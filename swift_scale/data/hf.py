@@ -63,13 +63,14 @@ def hf_index(ref: str, num_rows: int, rows_per_shard: int = 10_000) -> ShardInde
     return ShardIndex([f"{ref}@{s}" for s in starts], [min(rows_per_shard, num_rows - s) for s in starts])
 
 
-def _column(ds, wanted: str, fallbacks: tuple[str, ...], field: str, key: str) -> str:
-    if wanted in ds.column_names:
+def pick_column(columns: list[str], wanted: str, fallbacks: tuple[str, ...], field: str, key: str) -> str:
+    """``wanted`` if present, else the first present fallback; DataError naming the config key otherwise."""
+    if wanted in columns:
         return wanted
     for name in fallbacks:
-        if name in ds.column_names:
+        if name in columns:
             return name
-    raise DataError(f"{field}: no column {wanted!r} (columns: {ds.column_names}); set data.{key}")
+    raise DataError(f"{field}: no column {wanted!r} (columns: {columns}); set data.{key}")
 
 
 def load_hf_split(ref: str, *, image_key: str = "image", label_key: str = "label", in_chans: int = 1,
@@ -78,8 +79,8 @@ def load_hf_split(ref: str, *, image_key: str = "image", label_key: str = "label
     ds = open_hf(ref, field)
     if len(ds) == 0:
         raise DataError(f"{field}: {ref} has no rows")
-    img_col = _column(ds, image_key, ("image", "img", "pixel_values"), field, "image_key")
-    lab_col = _column(ds, label_key, ("label", "labels", "cls"), field, "label_key")
+    img_col = pick_column(ds.column_names, image_key, ("image", "img", "pixel_values"), field, "image_key")
+    lab_col = pick_column(ds.column_names, label_key, ("label", "labels", "cls"), field, "label_key")
     images: list[np.ndarray | None] = []
     labels = np.zeros(len(ds), dtype=np.int64)
     errors: list[dict] = []

@@ -25,6 +25,7 @@ The rank-split iterable is never passed through ``accelerator.prepare`` (that wo
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,10 +34,31 @@ import torch.utils.data
 import webdataset as wds
 
 from swift_scale.data.noise import noise_plan
-from swift_scale.data.shards import DataError, ShardIndex, _decode_image
+from swift_scale.data.shards import DataError, ShardIndex, _decode_image, to_chw
 from swift_scale.rng import generator, stream_id
 
-__all__ = ["StreamingSplit", "PassPlan"]
+__all__ = ["StreamingSplit", "PassPlan", "hf_stream_index"]
+
+
+def hf_stream_index(ref: str, field: str = "data.train") -> ShardIndex:
+    """The shard table of ``hf:parquet:FILES`` for streaming: one shard per parquet file (sorted), row counts
+    from the parquet footers (no data read)."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    pattern = ref[len("hf:parquet:"):]
+    files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        raise DataError(f"{field}: {pattern} names no parquet files")
+    counts = []
+    for f in files:
+        try:
+            counts.append(pq.ParquetFile(f).metadata.num_rows)
+        except Exception as e:
+            raise DataError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
+    return ShardIndex([f"hf:parquet:{f}" for f in files], counts)
 
 _SHARDS = stream_id("shard-order")
 _SHUFFLE = stream_id("shuffle-buffer")
@@ -67,6 +89,9 @@ class PassPlan:
 
 class StreamingSplit:
     """A training split read from WebDataset shards every pass (global id = shard offset + position).
+
+    Shards may also be the parquet files of a Hugging Face dataset (urls ``hf:parquet:FILE``, see
+    :func:`hf_stream_index`), streamed row by row; a row's global id is the file's offset + its row number.
 
     Args:
         index: the split's shard table.
@@ -128,9 +153,8 @@ class StreamingSplit:
         """Raw (undecoded) samples with kept local index in [first, last) of one shard, with their global ids."""
         url, offset = self.urls[shard], int(self.offsets[shard])
         kept = -1
-        pipe = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
         try:
-            for pos, sample in enumerate(pipe):
+            for pos, sample in enumerate(self._samples(url)):
                 gid = offset + pos
                 if mask is not None and not mask[gid]:
                     continue
@@ -144,10 +168,27 @@ class StreamingSplit:
         except Exception as e:
             raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e})") from None
 
+    def _samples(self, url: str):
+        """Raw samples of one shard in stored order: a WebDataset tar, or the rows of one parquet file of an HF
+        dataset as stored (an ``Image`` column stays {"bytes", "path"}: rows are decoded only when kept).
+
+        Parquet is read with pyarrow record batches rather than a ``datasets`` IterableDataset: inside a
+        DataLoader worker an IterableDataset re-shards itself over the workers, which would break the
+        rank/worker ranges computed here (and equal steps with them)."""
+        if not url.startswith("hf:parquet:"):
+            return wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        import pyarrow.parquet as pq
+
+        columns = [self.image_key, self.label_key]
+        return (row for batch in pq.ParquetFile(url[len("hf:parquet:"):]).iter_batches(batch_size=256, columns=columns)
+                for row in batch.to_pylist())
+
     def _decode(self, gid: int, sample: dict):
         try:
-            img = _decode_image(sample[self.image_key], self.in_chans, self.image_size)
-            label = int(sample[self.label_key].decode().strip())
+            raw, lab = sample[self.image_key], sample[self.label_key]
+            img = (_decode_image(raw, self.in_chans, self.image_size) if isinstance(raw, bytes)
+                   else to_chw(raw, self.in_chans, self.image_size))
+            label = int(lab.decode().strip()) if isinstance(lab, bytes) else int(lab)
         except Exception as e:
             if self.on_error == "fail":
                 raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} cannot be decoded "
