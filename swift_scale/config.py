@@ -85,6 +85,10 @@ class DataConfig:
     shuffled per pass)."""
     num_workers: int = 0
     """Streaming mode: DataLoader worker processes per rank (decoding in parallel)."""
+    online: bool = False
+    """Streaming mode: score each window of ``oversample``·B decoded candidates with the frozen θ0 and keep B ∝ the
+    sampler (the paper's recipe when augmentation changes the features, e.g. random crops) instead of deciding
+    from the feature store before decoding."""
 
 
 @dataclass
@@ -211,6 +215,8 @@ class Config:
              "streaming reads WebDataset shards or hf:parquet:FILES; use data.mode=indexed for other hf: sources")
         need(self.data.mode == "indexed" or self.data.on_error == "fail", "data.on_error",
              "data.mode=streaming needs data.on_error=fail (skipping bad samples is an indexed-mode feature)")
+        need(not self.data.online or (self.data.mode == "streaming" and self.data.task == "classification"),
+             "data.online", "needs data.mode=streaming and data.task=classification")
         need(self.data.oversample >= 1, "data.oversample", f"must be >= 1, got {self.data.oversample}")
         need(self.data.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
         need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")

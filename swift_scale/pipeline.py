@@ -312,7 +312,22 @@ class Pipeline:
             model.load_state_dict(state)
         return model
 
-    def _train(self, probs, epochs, lr, ckpt_dir, state=None, desc="train", eval_each_epoch=True, hook=None):
+    def _online(self, sampler: SwiftSampler | None):
+        """The online selector (data.online): frozen θ0 scores each candidate window, the sampler keeps b."""
+        if sampler is None or not self.cfg.data.online:
+            return None
+        from swift_scale.sampler.stages import online_keep
+
+        model0 = self.new_model(self.theta0()).to(self.acc.device).eval()
+        seed = self.cfg.seed
+
+        def select(x, y, gids, pass_, keep):
+            return online_keep(sampler, model0, x, y, gids, keep, seed=seed, epoch=pass_)
+
+        return select
+
+    def _train(self, probs, epochs, lr, ckpt_dir, state=None, desc="train", eval_each_epoch=True, hook=None,
+               sampler=None):
         """Train a fresh model (from ``state`` if given) for ``epochs`` epochs sampling ∝ ``probs``.
 
         With ``eval_each_epoch`` every epoch is scored on val and test, logged to the trackers as ``desc/...``;
@@ -342,7 +357,7 @@ class Pipeline:
         curve = train_model(self.acc, model, self.data.train, probs=probs, epochs=epochs, batch_size=t.batch_size,
                             lr=lr, weight_decay=t.weight_decay, seed=self.cfg.seed, ckpt_dir=ckpt_dir,
                             on_epoch=on_epoch, desc=desc, progress=t.progress, schedule=t.schedule,
-                            checkpoint_steps=t.checkpoint_steps, task=self.task)
+                            checkpoint_steps=t.checkpoint_steps, task=self.task, online=self._online(sampler))
         return model, curve
 
     def _unwrapped_state(self, model) -> dict:
@@ -422,9 +437,9 @@ class Pipeline:
             trial = engine.ask()
             score, error = None, None
             try:
-                probs = self.make_sampler(trial.theta, store, feats).probs(feats)
-                model, _ = self._train(probs, s.finetune_epochs, lr, None, state=state0, desc=f"trial {trial.index}",
-                                       eval_each_epoch=False)
+                sampler = self.make_sampler(trial.theta, store, feats)
+                model, _ = self._train(sampler.probs(feats), s.finetune_epochs, lr, None, state=state0,
+                                       desc=f"trial {trial.index}", eval_each_epoch=False, sampler=sampler)
                 score = self.task.score(evaluate(self.acc, model, self.data.val, task=self.task))
             except Exception as e:  # noqa: BLE001 - any failure inside a trial is recorded, never fatal
                 error = f"{type(e).__name__}: {e}"
@@ -449,12 +464,12 @@ class Pipeline:
         self.acc.wait_for_everyone()  # other ranks read sampler.json next
         return best
 
-    def _train_phase(self, out: Path, probs: np.ndarray, desc: str) -> dict:
+    def _train_phase(self, out: Path, probs: np.ndarray, desc: str, sampler: SwiftSampler | None = None) -> dict:
         """Train with ``probs`` for the full budget (from scratch unless train.final_from_scratch=false)."""
         out.mkdir(parents=True, exist_ok=True)
         state = None if self.cfg.train.final_from_scratch else self.theta0()
         model, curve = self._train(probs, self.cfg.train.epochs, self.cfg.train.lr, out / "ckpt", state=state,
-                                   desc=desc)
+                                   desc=desc, sampler=sampler)
         metrics = self._finish_training(model, curve, out)
         self.acc.free_memory()
         return metrics
@@ -469,7 +484,7 @@ class Pipeline:
             sampler.save(self.dir / "sampler.json")
         self.acc.wait_for_everyone()
         store = self.features()
-        return self._train_phase(out, sampler.probs(self._train_features(store)), "final")
+        return self._train_phase(out, sampler.probs(self._train_features(store)), "final", sampler)
 
     def rule(self, rule: str) -> dict:
         """Train with a hand rule (:mod:`swift_scale.sampler.rules`, e.g. ``drop_top_loss:0.2``) at the final

@@ -149,3 +149,33 @@ def test_streaming_config_errors(tmp_path, digits_shards, extra, needle):
     r = cli("run", f"data.train={digits_shards['train']}", f"data.val={digits_shards['val']}",
             f"data.test={digits_shards['test']}", f"run.out_dir={tmp_path / 'r'}", *TINY, *extra)
     assert r.returncode == 2 and r.stderr.startswith(f"swift-scale: error: {needle}")
+
+
+def test_online_mode_keeps_b_of_each_window_by_the_frozen_model(split_factory):
+    from swift_scale.train.loop import _epoch_batches
+
+    split = split_factory(oversample=2.0)
+    seen = []
+
+    def online(x, y, gids, pass_, keep):  # keep the `keep` smallest ids of each window (a stand-in scorer)
+        seen.append(len(gids))
+        mask = torch.zeros(len(gids), dtype=torch.bool)
+        mask[np.argsort(gids)[:keep]] = True
+        return mask
+
+    steps, batches = _epoch_batches(split, np.ones(len(split)) / len(split), 0, 1, 0, 1, 8, 0, "cpu", online)
+    got = list(batches)
+    assert len(got) == steps == len(split) // 16  # windows of 2·8 candidates from a uniform pass
+    assert all(len(y) == 8 for _, y in got) and set(seen) == {16}
+
+
+def test_cli_streaming_online_run(tmp_path, digits_shards):
+    out = tmp_path / "online"
+    r = cli("run", f"data.train={digits_shards['train']}", f"data.val={digits_shards['val']}",
+            f"data.test={digits_shards['test']}", f"run.out_dir={out}", *TINY, "data.mode=streaming",
+            "data.on_error=fail", "data.online=true")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["search"]["trials"] == 3
+    r = cli("run", f"data.train={digits_shards['train']}", f"data.val={digits_shards['val']}",
+            f"data.test={digits_shards['test']}", f"run.out_dir={tmp_path / 'x'}", *TINY, "data.online=true")
+    assert r.returncode == 2 and r.stderr.startswith("swift-scale: error: data.online")

@@ -73,23 +73,35 @@ def _to_model_input(images: torch.Tensor, device) -> torch.Tensor:
 
 
 def _epoch_batches(data, probs, seed: int, epoch: int, rank: int, world: int, per_rank: int, start_step: int,
-                   device):
+                   device, online=None):
     """(steps of this epoch, iterator of (x, y) from ``start_step`` on) — indexed or streaming."""
     if isinstance(data, Split):
         steps = _steps_per_epoch(len(data), per_rank * world)
         ids = rank_share(epoch_indices(probs, len(data), seed, epoch, steps * per_rank * world), rank, world)
         return steps, (data.batch(ids[i * per_rank:(i + 1) * per_rank], device) for i in range(start_step, steps))
+    if online is not None and probs is not None:  # windows of oversample·b uniform candidates, θ0 keeps b
+        window = max(per_rank, round(per_rank * data.oversample))
+        plan = data.plan(None, epoch)
+        loader = data.loader(plan, epoch, rank, world, window, start_step)
+
+        def kept():
+            for images, labels, gids in loader:
+                x, y = data.to_input(images, device), labels.to(device)
+                keep = online(x, y, gids.numpy(), epoch, per_rank).to(device)
+                yield x[keep], y[keep]
+
+        return data.steps(plan, world, window), kept()
     plan = data.plan(probs, epoch)
     steps = data.steps(plan, world, per_rank)
     loader = data.loader(plan, epoch, rank, world, per_rank, start_step)
-    return steps, ((_to_model_input(x, device), y.to(device)) for x, y, _ in loader)
+    return steps, ((data.to_input(x, device), y.to(device)) for x, y, _ in loader)
 
 
 def train_model(accelerator: Accelerator, model: torch.nn.Module, data, *, probs: np.ndarray | None,
                 epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
                 ckpt_dir: Path | None = None, on_epoch: Callable[[int, torch.nn.Module], dict] | None = None,
                 desc: str = "train", progress: bool = True, schedule: str = "constant",
-                checkpoint_steps: int = 0, task=CLASSIFICATION) -> list[dict]:
+                checkpoint_steps: int = 0, task=CLASSIFICATION, online=None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs, sampling ids ∝ ``probs`` (None = uniform).
 
     ``data`` is an in-memory :class:`Split` (indexed mode: each epoch draws ids ∝ p) or a
@@ -99,6 +111,8 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, data, *, probs
     ``checkpoint_steps`` steps) and a rerun resumes at that (epoch, step) exactly. ``on_epoch(epoch, model)``
     returns metrics appended to the returned curve. ``schedule``: ``constant`` or ``cosine`` (lr → 0 over all
     steps); the lr is a pure function of (epoch, step), so resuming needs no scheduler state.
+    ``online(x, y, gids, pass, keep) -> bool mask`` (streaming only): instead of a kept set from the store, each
+    window of ``oversample × b`` uniform candidates is scored by a frozen model and ``b`` are kept.
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = max(1, batch_size // world)
@@ -119,7 +133,8 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, data, *, probs
     for epoch in range(start, epochs_total):
         model.train()
         first = start_step if epoch == start else 0
-        steps, batches = _epoch_batches(data, probs, seed, epoch, rank, world, per_rank, first, accelerator.device)
+        steps, batches = _epoch_batches(data, probs, seed, epoch, rank, world, per_rank, first, accelerator.device,
+                                        online)
         bar = tqdm(batches, total=steps - first, desc=f"{desc} {epoch + 1}/{epochs_total}", leave=False,
                    disable=None if (progress and accelerator.is_local_main_process) else True)
         total = torch.full((), carried if epoch == start else 0.0, device=accelerator.device)
