@@ -40,3 +40,18 @@ def test_idx_reader(tmp_path):
     with gzip.open(tmp_path / "x.gz", "wb") as f:
         f.write(header + arr.tobytes())
     np.testing.assert_array_equal(_read_idx(tmp_path / "x.gz"), arr)
+
+
+def test_gpt2_from_config_and_from_a_local_checkpoint(tmp_path):
+    import torch
+
+    from swift_scale.train.models import create_lm
+
+    model = create_lm("gpt2", vocab_size=100, seq_len=16, n_layer=1, n_embd=16, n_head=2)
+    assert model.config.n_layer == 1 and model.config.vocab_size == 100 and model.config.n_positions == 16
+    model.save_pretrained(tmp_path / "ckpt")
+    again = create_lm("gpt2", 100, 16, checkpoint=str(tmp_path / "ckpt"))
+    x = torch.randint(0, 100, (2, 16))
+    torch.testing.assert_close(again.eval()(input_ids=x).logits, model.eval()(input_ids=x).logits)
+    with pytest.raises(ValueError, match="model.name"):
+        create_lm("bert-base", 100, 16)
