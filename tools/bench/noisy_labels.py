@@ -110,9 +110,6 @@ def write_tables(rows: list[dict], results_dir: Path, config: str, runs: list[di
     lines.append("| SS noise-detection AUROC | " + " | ".join(
         f"{statistics.fmean(au[n]):.2f} ({', '.join(f'{a:.2f}' for a in au[n])})" if au[n] else "—"
         for n in noises) + " |")
-    secs = [r["seconds"] for r in runs if r["seconds"] > 60]  # a resumed, finished run only reads results back
-    if secs:
-        lines.append(f"\nWall time per (noise, seed) run, all methods: {statistics.fmean(secs) / 60:.1f} min (mean).")
     (results_dir / "noisy_labels.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), file=sys.stderr)
 
