@@ -27,8 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check swift_scale tests tools
 	$(BIN)/ruff format --check swift_scale tests tools
 
+# the quick speed/scale figures (minutes); the accuracy benchmarks are separate, longer commands (README "Results")
 bench: $(STAMP)
 	$(BIN)/python tools/bench/sampler_apply.py
+	$(BIN)/python tools/bench/train_step.py
+	$(BIN)/python tools/bench/feature_pass.py
+	$(BIN)/python tools/bench/stream_rejection.py
+	$(BIN)/python tools/bench/score_store.py
 
 clean:
 	rm -rf runs .pytest_cache
