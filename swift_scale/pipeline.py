@@ -75,7 +75,10 @@ class Pipeline:
         if saved.exists():
             old = yaml.safe_load(saved.read_text()) or {}
             comparable = {k: v for k, v in resolved.items() if k != "run"}
-            old_cmp = {k: v for k, v in old.items() if k != "run"}
+            # keys added to swift_scale after the folder was made compare at their defaults
+            defaults = config_to_dict(Config())
+            old_cmp = {k: ({**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v)
+                       for k, v in old.items() if k != "run"}
             if comparable != old_cmp and not self.cfg.run.allow_changed_config:
                 diff = sorted(f"{s}.{k}" for s in comparable if isinstance(comparable[s], dict)
                               for k in comparable[s] if old_cmp.get(s, {}).get(k) != comparable[s][k])

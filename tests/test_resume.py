@@ -96,3 +96,23 @@ def test_kill_during_features_or_final_resumes(tmp_path, digits_shards, phase):
     assert (out / "features" / "features.npy").read_bytes() == (ref / "features" / "features.npy").read_bytes()
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, out))
     assert sa["baseline"] == sb["baseline"] and sa["swift"] == sb["swift"]
+
+
+def test_run_folder_from_an_older_version_without_new_keys_still_resumes(tmp_path):
+    """A config.yaml written before a key existed compares that key at its default (not as a changed config)."""
+    import yaml
+
+    from swift_scale.config import load_config
+    from swift_scale.pipeline import Pipeline
+
+    cfg = load_config(None, ["data.train=a.tar", "data.val=b.tar", "data.test=c.tar", f"run.out_dir={tmp_path}",
+                             "train.cpu=true"])
+    Pipeline(cfg).prepare_dir()
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["data"]["online"], saved["sampler"]["segments"]  # as written by an older swift_scale
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    Pipeline(cfg).prepare_dir()  # no error
+    changed = load_config(None, ["data.train=a.tar", "data.val=b.tar", "data.test=c.tar", f"run.out_dir={tmp_path}",
+                                 "train.cpu=true", "sampler.segments=6"])
+    with pytest.raises(Exception, match="sampler.segments"):
+        Pipeline(changed).prepare_dir()
