@@ -179,3 +179,13 @@ def test_cli_streaming_online_run(tmp_path, digits_shards):
     r = cli("run", f"data.train={digits_shards['train']}", f"data.val={digits_shards['val']}",
             f"data.test={digits_shards['test']}", f"run.out_dir={tmp_path / 'x'}", *TINY, "data.online=true")
     assert r.returncode == 2 and r.stderr.startswith("swift-scale: error: data.online")
+
+
+def test_plan_counts_kept_ids_per_shard_with_empty_shards():
+    from swift_scale.data.shards import ShardIndex
+
+    split = StreamingSplit(ShardIndex(["a.tar", "b.tar", "c.tar", "d.tar"], [3, 0, 5, 0]), num_classes=2)
+    p = np.array([1, 1, 1, 0, 0, 1, 1, 1], dtype=float)
+    plan = split.plan(p / p.sum(), 0)
+    assert plan.kept_per_shard.tolist() == [int(plan.mask[:3].sum()), 0, int(plan.mask[3:].sum()), 0]
+    assert plan.total_kept == 4 and not plan.mask[3:5].any()

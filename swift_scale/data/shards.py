@@ -98,6 +98,11 @@ def _decode_image(data: bytes, in_chans: int, image_size: int) -> np.ndarray:
     return to_chw(Image.open(io.BytesIO(data)), in_chans, image_size)
 
 
+def images_to_input(images, device):
+    """Stored uint8 images (a torch tensor [B, C, H, W]) → the model's float input in [−1, 1] on ``device``."""
+    return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
 def to_chw(img, in_chans: int, image_size: int) -> np.ndarray:
     """A PIL image, an HF ``Image`` dict ({"bytes", "path"}) or an array [H, W] / [H, W, C] → uint8 [C, H, W]."""
     from PIL import Image

@@ -34,7 +34,7 @@ import torch.utils.data
 import webdataset as wds
 
 from swift_scale.data.noise import noise_plan
-from swift_scale.data.shards import DataError, ShardIndex, _decode_image, to_chw
+from swift_scale.data.shards import DataError, ShardIndex, _decode_image, images_to_input, to_chw
 from swift_scale.rng import generator, stream_id
 
 __all__ = ["StreamingSplit", "PassPlan", "hf_stream_index"]
@@ -125,7 +125,7 @@ class StreamingSplit:
         return self.index.total
 
     def to_input(self, images: torch.Tensor, device) -> torch.Tensor:
-        return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        return images_to_input(images, device)
 
     # -- planning -------------------------------------------------------------------------------------------
     def plan(self, probs: np.ndarray | None, pass_: int) -> PassPlan:
@@ -135,8 +135,8 @@ class StreamingSplit:
         if probs is None:
             return PassPlan(order, None, self.counts.copy(), len(self))
         _, mask = keep_set(np.asarray(probs, dtype=np.float64), 1.0 / self.oversample, self.seed, pass_)
-        kept = np.add.reduceat(mask.astype(np.int64), self.offsets) if len(self) else np.zeros(0, np.int64)
-        kept[self.counts == 0] = 0  # reduceat repeats the next value for empty shards
+        cum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+        kept = cum[self.offsets + self.counts] - cum[self.offsets]  # per shard, empty shards included
         return PassPlan(order, mask, kept, int(mask.sum()))
 
     @staticmethod

@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from swift_scale.data.shards import images_to_input
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import atomic_write_json
 from swift_scale.sampler.select import epoch_indices, rank_share
@@ -47,7 +48,7 @@ class Split:
 
     def to_input(self, images: torch.Tensor, device) -> torch.Tensor:
         """Stored uint8 images → the model's float input in [−1, 1] on ``device``."""
-        return _to_model_input(images, device)
+        return images_to_input(images, device)
 
     def shard_batches(self, shard_offset: int, shard_count: int, batch_size: int):
         """(images uint8, labels, global ids) batches of one shard's rows, in order (the features pass)."""
@@ -66,10 +67,6 @@ class TextSplit(Split):
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
-
-
-def _to_model_input(images: torch.Tensor, device) -> torch.Tensor:
-    return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
 def _epoch_batches(data, probs, seed: int, epoch: int, rank: int, world: int, per_rank: int, start_step: int,
