@@ -38,7 +38,9 @@ class RunConfig:
 class DataConfig:
     train: str = ""
     """Training data: a WebDataset pattern such as ``data/digits/train-{000000..000003}.tar``, or a Hugging Face
-    dataset: ``hf:DIR`` / ``hf:DIR#SPLIT`` (``save_to_disk``) or ``hf:BUILDER:FILES`` (``hf:parquet:/d/*.parquet``)."""
+    dataset: ``hf:DIR`` / ``hf:DIR#SPLIT`` (``save_to_disk``) or ``hf:BUILDER:FILES`` (``hf:parquet:/d/*.parquet``).
+    With ``mode=streaming``, ``hf:BUILDER:FILES`` (parquet, arrow, json, csv) is streamed as a
+    ``datasets.IterableDataset``, one shard per file (``hf:arrow:DIR`` reads a ``save_to_disk`` folder's files)."""
     val: str = ""
     """Validation shards (scored by the search; keep them clean)."""
     test: str = ""
@@ -211,8 +213,9 @@ class Config:
         need(self.data.mode in ("indexed", "streaming"), "data.mode",
              f"must be indexed or streaming, got {self.data.mode!r}")
         need(self.data.mode == "indexed" or not self.data.train.startswith("hf:")
-             or self.data.train.startswith("hf:parquet:"), "data.mode",
-             "streaming reads WebDataset shards or hf:parquet:FILES; use data.mode=indexed for other hf: sources")
+             or self.data.train.split(":")[1:2] in (["parquet"], ["arrow"], ["json"], ["csv"]), "data.mode",
+             "streaming reads WebDataset shards or hf:BUILDER:FILES (parquet, arrow, json, csv); "
+             "use data.mode=indexed for other hf: sources")
         need(self.data.mode == "indexed" or self.data.on_error == "fail", "data.on_error",
              "data.mode=streaming needs data.on_error=fail (skipping bad samples is an indexed-mode feature)")
         need(not self.data.online or (self.data.mode == "streaming" and self.data.task == "classification"),

@@ -117,13 +117,13 @@ class Pipeline:
         refs = {s: getattr(d, s) for s in ("train", "val", "test")}
         urls = {s: None if is_hf(r) else expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}")
                 for s, r in refs.items()}
-        stream_hf = d.mode == "streaming" and is_hf(refs["train"])  # parquet files, streamed per file
+        stream_hf = d.mode == "streaming" and is_hf(refs["train"])  # data files, streamed one per shard
         hf_rows = {s: len(open_hf(r, f"data.{s}")) for s, r in refs.items()
                    if is_hf(r) and not (s == "train" and stream_hf)}
         if stream_hf:
-            from swift_scale.data.stream import hf_stream_index
+            from swift_scale.data.stream import HFStreamCounter, hf_stream_files
 
-            urls["train"] = hf_stream_index(refs["train"]).urls
+            urls["train"] = hf_stream_files(refs["train"])
         for s, n in hf_rows.items():
             urls[s] = hf_index(refs[s], n).urls
         if path.exists():
@@ -133,10 +133,9 @@ class Pipeline:
                 cached = {}
             if all(s in cached and cached[s].urls == urls[s] for s in urls):
                 return cached
-        index = {s: hf_index(refs[s], hf_rows[s]) if s in hf_rows else self._build_index(u) for s, u in urls.items()
-                 if not (s == "train" and stream_hf)}
-        if stream_hf:
-            index["train"] = hf_stream_index(refs["train"])
+        index = {s: hf_index(refs[s], hf_rows[s]) if s in hf_rows
+                 else self._build_index(u, HFStreamCounter(u) if s == "train" and stream_hf else None)
+                 for s, u in urls.items()}
         for s, idx in index.items():
             if idx.total == 0:
                 raise DataError(f"data.{s}: the split is empty ({len(idx.urls)} shard(s) with no samples)")
@@ -144,19 +143,21 @@ class Pipeline:
             atomic_write_json(path, {s: i.to_dict() for s, i in index.items()})
         return index
 
-    def _build_index(self, urls: list[str]) -> ShardIndex:
+    def _build_index(self, urls: list[str], count=None) -> ShardIndex:
         """Count every shard's samples, shards split over ranks (ordinal mod world) and the counts all-gathered.
 
-        Each rank reads only its shards' tar headers; a bad shard is reported by every rank (no hang).
+        Each rank reads only its shards (tar headers; parquet footers; one column of other HF files); a bad
+        shard is reported by every rank (no hang). ``count(ordinal)`` overrides the tar counter.
         """
+        count = count or (lambda i: build_index([urls[i]]).counts[0])
         if self.acc.num_processes == 1:
-            return build_index(urls)
+            return ShardIndex(urls, [count(i) for i in range(len(urls))])
         from accelerate.utils import gather_object
 
         mine = []
         for i in range(self.acc.process_index, len(urls), self.acc.num_processes):
             try:
-                mine.append((i, build_index([urls[i]]).counts[0], None))
+                mine.append((i, count(i), None))
             except DataError as e:
                 mine.append((i, 0, str(e)))
         found = sorted(gather_object(mine))
@@ -274,12 +275,11 @@ class Pipeline:
         d, m = self.cfg.data, self.cfg.model
         num_classes = d.num_classes or int(max(ld.labels[ld.valid].max() for ld in loaded.values())) + 1
         image_key, label_key = d.image_key, d.label_key
-        if index["train"].urls[0].startswith("hf:parquet:"):  # HF columns, with the usual fallbacks
-            import pyarrow.parquet as pq
-
+        if is_hf(index["train"].urls[0]):  # HF columns, with the usual fallbacks
             from swift_scale.data.hf import pick_column
+            from swift_scale.data.stream import hf_stream_columns, hf_stream_open
 
-            names = pq.read_schema(index["train"].urls[0][len("hf:parquet:"):]).names
+            names = hf_stream_columns(hf_stream_open(index["train"].urls))
             image_key = pick_column(names, d.image_key, ("image", "img", "pixel_values"), "data.train", "image_key")
             label_key = pick_column(names, d.label_key, ("label", "labels", "cls"), "data.train", "label_key")
         train = StreamingSplit(index["train"], image_key=image_key, label_key=label_key, in_chans=m.in_chans,

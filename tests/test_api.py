@@ -53,8 +53,24 @@ def test_hf_datasets_indexed_and_streaming(tmp_path):
     _, mask = keep_set(p, 0.5, 0, 1)
     assert kept["x"] == np.flatnonzero(mask).tolist()
     stream = ds.to_iterable_dataset(num_shards=4)
-    kept_stream = [r["x"] for r in hf_keep(stream, p, 0.5, seed=0, epoch=1)]
+    kept_stream = [r["x"] for r in hf_keep(stream, p, 0.5, seed=0, epoch=1, id_column="x")]
     assert sorted(kept_stream) == kept["x"]
+    # the same kept set split over 2 nodes (before or after the keep) and over 2 DataLoader workers per node
+    from datasets.distributed import split_dataset_by_node
+
+    for keep_first in (True, False):
+        per_node = []
+        for rank in range(2):
+            s = hf_keep(stream, p, 0.5, seed=0, epoch=1, id_column="x") if keep_first else stream
+            s = split_dataset_by_node(s, rank=rank, world_size=2)
+            s = s if keep_first else hf_keep(s, p, 0.5, seed=0, epoch=1, id_column="x")
+            loader = torch.utils.data.DataLoader(s.with_format("torch"), batch_size=None, num_workers=2)
+            per_node.append([int(r["x"]) for r in loader])
+        assert sorted(per_node[0] + per_node[1]) == kept["x"] and not set(per_node[0]) & set(per_node[1])
+    with pytest.raises(ValueError, match="id_column"):  # row indices are not ids once a stream is split
+        hf_keep(stream, p, 0.5, seed=0, epoch=1)
+    with pytest.raises(ValueError, match="no column 'id'"):
+        hf_keep(stream, p, 0.5, seed=0, epoch=1, id_column="id")
 
 
 def test_readme_api_example(tmp_path):

@@ -37,28 +37,101 @@ from swift_scale.data.noise import noise_plan
 from swift_scale.data.shards import DataError, ShardIndex, _decode_image, images_to_input, to_chw
 from swift_scale.rng import generator, stream_id
 
-__all__ = ["StreamingSplit", "PassPlan", "hf_stream_index"]
+__all__ = ["StreamingSplit", "PassPlan", "hf_stream_index", "hf_stream_open"]
+
+
+STREAM_BUILDERS = ("parquet", "arrow", "json", "csv")
+
+
+def hf_stream_files(ref: str, field: str = "data.train") -> list[str]:
+    """The shard urls ``hf:BUILDER:FILE`` of a streaming HF source, one per data file, sorted."""
+    import glob
+
+    _, builder, pattern = ref.split(":", 2)
+    if os.path.isdir(pattern):  # e.g. a save_to_disk folder: its data files, not state.json
+        ext = {"parquet": ".parquet", "arrow": ".arrow", "json": (".json", ".jsonl"), "csv": ".csv"}[builder]
+        files = sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.endswith(ext))
+    elif any(c in pattern for c in "*?["):
+        files = sorted(glob.glob(pattern))
+    else:
+        files = [pattern]
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        raise DataError(f"{field}: {pattern} names no {builder} files")
+    return [f"hf:{builder}:{f}" for f in files]
+
+
+def hf_stream_open(urls: list[str], field: str = "data.train"):
+    """The ``datasets.IterableDataset`` (``load_dataset(BUILDER, data_files=..., streaming=True)``) over a split's
+    files, one HF shard per file; ``Image`` columns are cast to ``decode=False`` so rows stay raw until kept."""
+    import datasets
+
+    builder = urls[0].split(":")[1]
+    files = [u.split(":", 2)[2] for u in urls]
+    try:
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+    except Exception as e:  # datasets raises many types; name the source and the reason
+        raise DataError(f"{field}: cannot stream {builder} files {files[0]}… "
+                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if ds.num_shards != len(files):
+        raise DataError(f"{field}: datasets made {ds.num_shards} shards of {len(files)} {builder} files; "
+                        f"streaming needs one per file")
+    for name, feature in (ds.features or {}).items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+    return ds
+
+
+def hf_stream_columns(ds) -> list[str]:
+    """Column names of a streaming dataset (from its features, else from its first row)."""
+    return list(ds.features) if ds.features else list(next(iter(ds)).keys())
+
+
+def hf_shard_rows(ds, shard: int, columns: list[str], url: str):
+    """The rows of HF shard ``shard`` (= one data file) in stored order: ``split_dataset_by_node`` with one "node"
+    per shard, iterated with ``IterableDataset.iter`` — which, unlike ``iter(ds)``, does not re-shard itself over
+    DataLoader workers, so the rank/worker ranges computed by :class:`StreamingSplit` hold."""
+    from datasets.distributed import split_dataset_by_node
+
+    part = split_dataset_by_node(ds.select_columns(columns), rank=shard, world_size=ds.num_shards)
+    pos = 0
+    for table in part.with_format("arrow").iter(batch_size=256):
+        for row in table.to_pylist():
+            row["__url__"], row["__key__"] = url, str(pos)
+            pos += 1
+            yield row
+
+
+class HFStreamCounter:
+    """Rows per file of a streaming HF source: parquet from the footers (no data read), other builders by
+    reading one column of the shard. Callable on a shard ordinal, for the parallel index pass."""
+
+    def __init__(self, urls: list[str], field: str = "data.train"):
+        self.urls, self.field, self._ds = urls, field, None
+
+    def __call__(self, i: int) -> int:
+        url = self.urls[i]
+        path = url.split(":", 2)[2]
+        try:
+            if url.startswith("hf:parquet:"):
+                import pyarrow.parquet as pq
+
+                return pq.ParquetFile(path).metadata.num_rows
+            if self._ds is None:
+                self._ds = hf_stream_open(self.urls, self.field)
+            return sum(1 for _ in hf_shard_rows(self._ds, i, hf_stream_columns(self._ds)[:1], url))
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{path}: not a readable {url.split(':')[1]} file ({type(e).__name__}: {e})") from None
 
 
 def hf_stream_index(ref: str, field: str = "data.train") -> ShardIndex:
-    """The shard table of ``hf:parquet:FILES`` for streaming: one shard per parquet file (sorted), row counts
-    from the parquet footers (no data read)."""
-    import glob
+    """The shard table of ``hf:BUILDER:FILES`` for streaming (one process; the pipeline counts in parallel)."""
+    urls = hf_stream_files(ref, field)
+    count = HFStreamCounter(urls, field)
+    return ShardIndex(urls, [count(i) for i in range(len(urls))])
 
-    import pyarrow.parquet as pq
-
-    pattern = ref[len("hf:parquet:"):]
-    files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-    files = [f for f in files if os.path.isfile(f)]
-    if not files:
-        raise DataError(f"{field}: {pattern} names no parquet files")
-    counts = []
-    for f in files:
-        try:
-            counts.append(pq.ParquetFile(f).metadata.num_rows)
-        except Exception as e:
-            raise DataError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
-    return ShardIndex([f"hf:parquet:{f}" for f in files], counts)
 
 _SHARDS = stream_id("shard-order")
 _SHUFFLE = stream_id("shuffle-buffer")
@@ -90,8 +163,9 @@ class PassPlan:
 class StreamingSplit:
     """A training split read from WebDataset shards every pass (global id = shard offset + position).
 
-    Shards may also be the parquet files of a Hugging Face dataset (urls ``hf:parquet:FILE``, see
-    :func:`hf_stream_index`), streamed row by row; a row's global id is the file's offset + its row number.
+    Shards may also be the files of a Hugging Face dataset (urls ``hf:BUILDER:FILE`` for parquet, arrow, json or
+    csv, see :func:`hf_stream_index`), streamed as a ``datasets.IterableDataset``; a row's global id is the
+    file's offset + its row number.
 
     Args:
         index: the split's shard table.
@@ -120,6 +194,7 @@ class StreamingSplit:
         self.num_classes, self.seed, self.oversample = num_classes, seed, oversample
         self.shuffle_buffer, self.num_workers, self.on_error = shuffle_buffer, num_workers, on_error
         self.flipped, self.shift = noise_plan(index.total, noise_rate, num_classes, noise_seed or seed)
+        self._hf = None  # the datasets.IterableDataset of an hf: source, opened on first read
 
     def __len__(self) -> int:
         return self.index.total
@@ -154,7 +229,7 @@ class StreamingSplit:
         url, offset = self.urls[shard], int(self.offsets[shard])
         kept = -1
         try:
-            for pos, sample in enumerate(self._samples(url)):
+            for pos, sample in enumerate(self._samples(shard)):
                 gid = offset + pos
                 if mask is not None and not mask[gid]:
                     continue
@@ -168,20 +243,18 @@ class StreamingSplit:
         except Exception as e:
             raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e})") from None
 
-    def _samples(self, url: str):
-        """Raw samples of one shard in stored order: a WebDataset tar, or the rows of one parquet file of an HF
-        dataset as stored (an ``Image`` column stays {"bytes", "path"}: rows are decoded only when kept).
-
-        Parquet is read with pyarrow record batches rather than a ``datasets`` IterableDataset: inside a
-        DataLoader worker an IterableDataset re-shards itself over the workers, which would break the
-        rank/worker ranges computed here (and equal steps with them)."""
-        if not url.startswith("hf:parquet:"):
+    def _samples(self, shard: int):
+        """Raw samples of one shard in stored order: a WebDataset tar, or the rows of one file of an HF dataset
+        (:func:`hf_shard_rows`; an ``Image`` column stays {"bytes", "path"}: rows are decoded only when kept)."""
+        url = self.urls[shard]
+        if not url.startswith("hf:"):
             return wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
-        import pyarrow.parquet as pq
+        if self._hf is None:
+            self._hf = hf_stream_open(self.urls)
+        return hf_shard_rows(self._hf, shard, [self.image_key, self.label_key], url)
 
-        columns = [self.image_key, self.label_key]
-        return (row for batch in pq.ParquetFile(url[len("hf:parquet:"):]).iter_batches(batch_size=256, columns=columns)
-                for row in batch.to_pylist())
+    def __getstate__(self):  # DataLoader workers open their own HF stream
+        return {**self.__dict__, "_hf": None}
 
     def _decode(self, gid: int, sample: dict):
         try:
@@ -229,8 +302,27 @@ class StreamingSplit:
         steps = self.steps(plan, world, per_rank)
         ds = _RankPass(self, plan, pass_, rank, steps, per_rank, start_step)
         workers = self.num_workers if steps - start_step > 0 else 0
+        if workers:
+            _stop_tqdm_monitor()
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                            persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def _stop_tqdm_monitor() -> None:
+    """Stop (and never restart) tqdm's monitor thread before DataLoader forks its workers.
+
+    ``datasets`` shows tqdm bars while resolving files, which starts tqdm's background monitor thread; forking
+    with it alive deadlocked a worker inside ``PyOS_AfterFork_Child`` (seen under torchrun with 2 ranks × 2
+    workers), hanging the rank and DDP with it. The monitor only refreshes stalled bars."""
+    import threading
+
+    from tqdm import std
+    from tqdm._monitor import TMonitor
+
+    std.tqdm.monitor_interval = 0  # inherited by tqdm.auto and datasets' subclasses, which hold their own monitor
+    for thread in threading.enumerate():
+        if isinstance(thread, TMonitor):
+            thread.exit()
 
 
 def _blocks(num_batches: int, workers: int) -> list[tuple[int, int]]:

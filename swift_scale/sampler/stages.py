@@ -66,16 +66,26 @@ def hf_epoch(dataset, probs: np.ndarray, seed: int, epoch: int, num_samples: int
     return dataset.select(epoch_indices(probs, len(dataset), seed, epoch, num_samples))
 
 
-def hf_keep(dataset, probs: np.ndarray, keep_fraction: float, seed: int, epoch: int):
+def hf_keep(dataset, probs: np.ndarray, keep_fraction: float, seed: int, epoch: int, *, id_column: str | None = None):
     """Keep round(N·keep_fraction) rows ∝ p without replacement.
 
-    ``datasets.Dataset``: ``select`` of the kept rows. ``datasets.IterableDataset`` (streaming): a ``filter``
-    by row index, decided per row from (seed, epoch, index) with the same threshold — identical kept set.
+    ``datasets.Dataset``: ``select`` of the kept rows (global id = row index). ``datasets.IterableDataset``
+    (streaming): a lazy ``filter`` on ``id_column``, a column holding each row's global id, decided per row from
+    (seed, epoch, id) with the same threshold — the identical kept set on every node and DataLoader worker, so
+    apply it before or after ``split_dataset_by_node``. A stream needs that column: after
+    ``split_dataset_by_node`` or inside DataLoader workers, row indices restart per shard, so they are not ids.
+    Write one when preparing the data, e.g. ``ds.add_column("id", range(len(ds))).to_parquet(...)``.
     """
     _, mask = keep_set(np.asarray(probs, dtype=np.float64), keep_fraction, seed, epoch)
     if hasattr(dataset, "select") and hasattr(dataset, "__len__"):
         return dataset.select(np.flatnonzero(mask))
-    return dataset.filter(lambda _row, idx: bool(mask[idx]), with_indices=True)
+    if id_column is None:
+        raise ValueError("hf_keep on a streaming dataset needs id_column= (a column with each row's global id); "
+                         "row indices restart per shard after split_dataset_by_node and in DataLoader workers")
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and id_column not in columns:
+        raise ValueError(f"hf_keep: no column {id_column!r} in the stream (columns: {columns})")
+    return dataset.filter(lambda row: bool(mask[row[id_column]]))
 
 
 @torch.no_grad()
