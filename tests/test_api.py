@@ -38,6 +38,12 @@ def test_webdataset_stage_keeps_before_decode(tmp_path):
     assert len(decoded) == 25  # only kept samples reached the decoder
     for gid, img, cls in rows:
         assert cls == gid % 5 and int(img[0, 0]) == ((gid * 16) % 256) % 251
+    # the source form reads only kept payloads and delivers the same samples, also split over 2 workers
+    fast = wds.DataPipeline(wds.SimpleShardList(index.urls), wds.split_by_worker, stage.read, wds.decode("l8"),
+                            wds.to_tuple("__gid__", "png", "cls"))
+    assert [(g, im.tobytes(), c) for g, im, c in fast] == [(g, im.tobytes(), c) for g, im, c in rows]
+    two = torch.utils.data.DataLoader(fast, batch_size=None, num_workers=2)
+    assert sorted(int(g) for g, _, _ in two) == sorted(r[0] for r in rows)
 
 
 def test_hf_datasets_indexed_and_streaming(tmp_path):

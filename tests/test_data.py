@@ -1,3 +1,4 @@
+import io
 import tarfile
 
 import numpy as np
@@ -93,3 +94,50 @@ def test_bad_samples_skipped_and_counted_by_url_and_key(tmp_path):
     assert ld.labels[5] == 3 and ld.images[5, 0, 0, 0] == 9  # ids after the bad ones keep their rows
     with pytest.raises(DataError, match="'badpng' cannot be decoded"):
         load_split(index, on_error="fail")
+
+
+def _tar_with(path, names_and_data, fmt):
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for name, data in names_and_data:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_header_reader_matches_webdataset(tmp_path, fmt):
+    """tar_samples groups members exactly as webdataset does (long names, ustar prefixes, upper-case suffixes,
+    __meta__ files), and skipping a sample never reads its payload but keeps positions."""
+    from swift_scale.data.shards import tar_samples
+
+    deep = "d" * 60 + "/" + "e" * 60  # > 100 characters: pax / GNU long name / ustar prefix
+    members = []
+    for i in range(7):
+        key = f"{deep}/s{i:03d}" if i % 2 else f"s{i:03d}"
+        members += [(f"{key}.PNG", bytes([i]) * (i * 100 + 1)), (f"{key}.cls", str(i).encode())]
+    members.insert(4, ("__meta__", b"{}"))  # skipped by webdataset, as are __x__/… folders
+    members.insert(9, ("__info__/a.json", b"{}"))
+    path = str(tmp_path / "x.tar")
+    _tar_with(path, members, fmt)
+    ref = list(wds.DataPipeline(wds.SimpleShardList([path]), wds.tarfile_to_samples()))
+    got = [s for _, s in tar_samples(path)]
+    assert len(got) == len(ref) == 7
+    for a, b in zip(got, ref):
+        assert a["__key__"] == b["__key__"] and a["png"] == b["png"] and a["cls"] == b["cls"]
+    asked = []
+    odd = list(tar_samples(path, lambda pos: asked.append(pos) or pos % 2 == 1))
+    assert asked == list(range(7)) and [p for p, _ in odd] == [1, 3, 5]
+    assert [s["png"] for _, s in odd] == [ref[p]["png"] for p in (1, 3, 5)]
+    assert [p for p, _ in tar_samples(path, lambda pos: None if pos == 4 else True)] == [0, 1, 2, 3]
+
+
+def test_header_reader_rejects_corrupt_headers(tmp_path):
+    from swift_scale.data.shards import build_index
+
+    path = tmp_path / "x.tar"
+    _tar_with(path, [(f"k{i}.cls", b"1") for i in range(4)], tarfile.PAX_FORMAT)
+    data = bytearray(path.read_bytes())
+    data[1024 + 3] ^= 0xFF  # a byte of the second member's name: its checksum no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"x.tar: corrupt or truncated tar \(header checksum mismatch at byte 1024"):
+        build_index([str(path)])

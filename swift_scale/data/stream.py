@@ -34,7 +34,7 @@ import torch.utils.data
 import webdataset as wds
 
 from swift_scale.data.noise import noise_plan
-from swift_scale.data.shards import DataError, ShardIndex, _decode_image, images_to_input, to_chw
+from swift_scale.data.shards import DataError, ShardIndex, _decode_image, images_to_input, tar_samples, to_chw
 from swift_scale.rng import generator, stream_id
 
 __all__ = ["StreamingSplit", "PassPlan", "hf_stream_index", "hf_stream_open"]
@@ -225,36 +225,48 @@ class StreamingSplit:
 
     # -- reading --------------------------------------------------------------------------------------------
     def _raw(self, shard: int, first: int, last: int, mask: np.ndarray | None):
-        """Raw (undecoded) samples with kept local index in [first, last) of one shard, with their global ids."""
+        """Raw (undecoded) samples with kept local index in [first, last) of one shard, with their global ids.
+        Other samples are passed over before their payload is read (local tars) or decoded (all sources)."""
         url, offset = self.urls[shard], int(self.offsets[shard])
         kept = -1
+
+        def want(pos: int):
+            nonlocal kept
+            if mask is not None and not mask[offset + pos]:
+                return False
+            kept += 1
+            return None if kept >= last else kept >= first
+
         try:
-            for pos, sample in enumerate(self._samples(shard)):
-                gid = offset + pos
-                if mask is not None and not mask[gid]:
-                    continue
-                kept += 1
-                if kept >= last:
-                    return
-                if kept >= first:
-                    yield gid, sample
+            for pos, sample in self._samples(shard, want):
+                yield offset + pos, sample
         except DataError:
             raise
         except Exception as e:
             raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e})") from None
 
-    def _samples(self, shard: int):
-        """Raw samples of one shard in stored order: a WebDataset tar, or the rows of one file of an HF dataset
-        (:func:`hf_shard_rows`; an ``Image`` column stays {"bytes", "path"}: rows are decoded only when kept)."""
+    def _samples(self, shard: int, want):
+        """(position, raw sample) of one shard in stored order for the positions ``want`` accepts (see
+        :func:`~swift_scale.data.shards.tar_samples`): a local tar read header by header, a remote WebDataset
+        tar, or the rows of one file of an HF dataset (:func:`hf_shard_rows`; an ``Image`` column stays
+        {"bytes", "path"}: rows are decoded only when kept)."""
         url = self.urls[shard]
-        if not url.startswith("hf:"):
-            return wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
-        if self._hf is None:
-            self._hf = hf_stream_open(self.urls)
-        return hf_shard_rows(self._hf, shard, [self.image_key, self.label_key], url)
-
-    def __getstate__(self):  # DataLoader workers open their own HF stream
-        return {**self.__dict__, "_hf": None}
+        local = url[len("file:"):] if url.startswith("file:") else url
+        if not url.startswith("hf:") and "://" not in url and not url.startswith("pipe:"):
+            yield from tar_samples(local, want)
+            return
+        if url.startswith("hf:"):
+            if self._hf is None:
+                self._hf = hf_stream_open(self.urls)
+            rows = hf_shard_rows(self._hf, shard, [self.image_key, self.label_key], url)
+        else:
+            rows = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        for pos, sample in enumerate(rows):
+            take = want(pos)
+            if take is None:
+                return
+            if take:
+                yield pos, sample
 
     def _decode(self, gid: int, sample: dict):
         try:
@@ -304,6 +316,8 @@ class StreamingSplit:
         workers = self.num_workers if steps - start_step > 0 else 0
         if workers:
             _stop_tqdm_monitor()
+            if self._hf is None and self.urls[0].startswith("hf:"):  # once here, not in every worker every pass
+                self._hf = hf_stream_open(self.urls)
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                            persistent_workers=False, prefetch_factor=4 if workers else None)
 

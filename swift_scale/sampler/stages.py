@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+import webdataset as wds
 
 from swift_scale.data.shards import ShardIndex
 from swift_scale.features.functions import CLASSIFICATION_FEATURES, classification_features
@@ -24,6 +25,8 @@ class KeepByGlobalId:
     The global id of a raw sample is offset[url] + its position in the shard, from the run's shard table, so
     the stage must see whole shards (split by shard across nodes/workers, as webdataset does) in stored order.
     Kept samples get ``__gid__``. Picklable, for DataLoader workers. Call :meth:`set_epoch` each epoch.
+    :meth:`read` is the faster form for local shards: it replaces ``tarfile_to_samples`` and never reads the
+    payloads of rejected samples.
 
     Example::
 
@@ -37,6 +40,7 @@ class KeepByGlobalId:
         if len(probs) != index.total:
             raise ValueError(f"probs has {len(probs)} entries but the shard table holds {index.total} samples")
         self.offsets = dict(zip(index.urls, index.offsets))
+        self.counts = dict(zip(index.urls, index.counts))
         self.probs = np.asarray(probs, dtype=np.float64)
         self.keep_fraction, self.seed = keep_fraction, seed
         self.set_epoch(epoch)
@@ -44,6 +48,32 @@ class KeepByGlobalId:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.threshold, self.mask = keep_set(self.probs, self.keep_fraction, self.seed, epoch)
+
+    def read(self, src: Iterable[dict]) -> Iterator[dict]:
+        """A source stage that replaces ``wds.tarfile_to_samples()`` *and* this filter: local tars are read
+        header by header and only kept samples' payloads are read at all
+        (:func:`~swift_scale.data.shards.tar_samples`); other urls go through webdataset and this filter.
+
+        Example::
+
+            pipe = wds.DataPipeline(wds.SimpleShardList(index.urls), wds.split_by_worker, stage.read,
+                                    wds.decode("pil"), wds.to_tuple("png", "cls"))
+        """
+        from swift_scale.data.shards import tar_samples
+
+        for shard in src:
+            url = shard["url"]
+            local = url[len("file:"):] if url.startswith("file:") else url
+            if url not in self.offsets:
+                raise KeyError(f"{url} is not in the shard table this stage was built with")
+            if "://" in url or url.startswith("pipe:"):
+                yield from self(wds.tarfile_to_samples()(iter([shard])))
+                continue
+            offset = self.offsets[url]
+            kept = self.mask[offset:offset + self.counts[url]]
+            for pos, sample in tar_samples(local, kept.__getitem__):
+                sample["__url__"], sample["__gid__"] = url, offset + pos
+                yield sample
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
         position: dict[str, int] = {}
