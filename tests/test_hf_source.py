@@ -72,34 +72,16 @@ def test_hf_missing_columns_name_the_key(tmp_path):
     assert split.images.shape == (2, 1, 2, 2) and split.labels.tolist() == [0, 1]
 
 
-def test_streaming_run_on_hf_parquet_files(hf_digits, tmp_path):
-    """data.mode=streaming over parquet files written by `datasets` (uneven: 3 files), read as IterableDatasets."""
-    ds = datasets.load_from_disk(str(hf_digits / "digits"))["train"]
-    files = tmp_path / "pq"
-    files.mkdir()
-    for i, (lo, hi) in enumerate([(0, 40), (40, 400), (400, 1200)]):
-        ds.select(range(lo, hi)).to_parquet(str(files / f"train-{i:05d}.parquet"))
-    from swift_scale.data.stream import hf_stream_index
-
-    index = hf_stream_index(f"hf:parquet:{files}/*.parquet")
-    assert index.counts == [40, 360, 800]
-    out = tmp_path / "run"
-    r = cli("run", f"data.train=hf:parquet:{files}/*.parquet", f"data.val=hf:{hf_digits / 'digits'}#val",
-            f"data.test=hf:{hf_digits / 'digits'}#test", f"run.out_dir={out}", *TINY, "data.mode=streaming",
-            "data.on_error=fail", "data.num_workers=2")
-    assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_train"] == 1200 and summary["search"]["trials"] == 3
-    assert len(list((out / "features" / "done").iterdir())) == 3  # one unit per parquet file
-
-
 @pytest.fixture(scope="module")
 def hf_stream_files(hf_digits, tmp_path_factory):
-    """The digits train split as files written by ``datasets``: a save_to_disk folder of 3 arrow shards and 3
-    uneven JSON-lines files (images as nested lists of pixels)."""
+    """The digits train split as files written by ``datasets``: a save_to_disk folder of 3 arrow shards, 3 uneven
+    parquet files and 3 uneven JSON-lines files (images as nested lists of pixels)."""
     root = tmp_path_factory.mktemp("hfstream")
     train = datasets.load_from_disk(str(hf_digits / "digits"))["train"]
     train.save_to_disk(str(root / "arrow"), num_shards=3)
+    (root / "pq").mkdir()
+    for i, (lo, hi) in enumerate([(0, 40), (40, 400), (400, 1200)]):
+        train.select(range(lo, hi)).to_parquet(str(root / "pq" / f"train-{i:05d}.parquet"))
     pixels = train.cast_column("image", datasets.Image(decode=True)).map(
         lambda r: {"pixels": np.asarray(r["image"]).tolist()}, remove_columns=["image"])
     (root / "json").mkdir()
@@ -150,16 +132,22 @@ def test_streaming_hf_kept_set_is_the_same_for_world_1_2_4(hf_stream_files, work
     assert sets[0] == sets[1] == sets[2] and sets[0] <= set(np.flatnonzero(plan.mask).tolist())
 
 
-def test_streaming_run_on_a_save_to_disk_folder(hf_digits, hf_stream_files, tmp_path):
+@pytest.mark.parametrize("kind,counts", [("parquet", [40, 360, 800]), ("arrow", [400, 400, 400])])
+def test_streaming_run_on_hf_files(hf_digits, hf_stream_files, tmp_path, kind, counts):
+    """data.mode=streaming over files written by `datasets` (uneven parquet files; a save_to_disk folder) with 2
+    DataLoader workers: every phase runs, one feature unit per file."""
+    train = {"parquet": f"hf:parquet:{hf_stream_files / 'pq'}/*.parquet",
+             "arrow": f"hf:arrow:{hf_stream_files / 'arrow'}"}[kind]
     out = tmp_path / "run"
-    r = cli("run", f"data.train=hf:arrow:{hf_stream_files / 'arrow'}", f"data.val=hf:{hf_digits / 'digits'}#val",
+    r = cli("run", f"data.train={train}", f"data.val=hf:{hf_digits / 'digits'}#val",
             f"data.test=hf:{hf_digits / 'digits'}#test", f"run.out_dir={out}", *TINY, "data.mode=streaming",
             "data.on_error=fail", "data.num_workers=2")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_train"] == 1200 and summary["search"]["trials"] == 3
     index = json.loads((out / "index.json").read_text())["train"]
-    assert index["counts"] == [400, 400, 400] and index["urls"][0].startswith("hf:arrow:")
+    assert index["counts"] == counts and index["urls"][0].startswith(f"hf:{kind}:")
+    assert len(list((out / "features" / "done").iterdir())) == 3
 
 
 def test_streaming_hf_bad_files_exit_2(hf_digits, tmp_path):
