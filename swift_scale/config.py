@@ -58,7 +58,9 @@ class DataConfig:
     """Seed of the noise (0 = use the top-level ``seed``); the flipped ids are saved in ``noise.json``."""
     on_error: str = "skip"
     """A bad sample (undecodable image, missing field or label, wrong shape): ``skip`` it — counted per
-    (shard, key) in ``data_errors.json`` and summary.json, never sampled — or ``fail`` at once."""
+    (shard, key) in ``data_errors.json`` and summary.json, never sampled — or ``fail`` at once. In streaming
+    mode bad samples are left out of their batches and found by the features pass, after which they are never
+    sampled."""
     allow_pipe: bool = False
     """Allow ``pipe:`` shard URLs (they run shell commands; off unless you trust the config)."""
     task: str = "classification"
@@ -216,8 +218,6 @@ class Config:
              or self.data.train.split(":")[1:2] in (["parquet"], ["arrow"], ["json"], ["csv"]), "data.mode",
              "streaming reads WebDataset shards or hf:BUILDER:FILES (parquet, arrow, json, csv); "
              "use data.mode=indexed for other hf: sources")
-        need(self.data.mode == "indexed" or self.data.on_error == "fail", "data.on_error",
-             "data.mode=streaming needs data.on_error=fail (skipping bad samples is an indexed-mode feature)")
         need(not self.data.online or (self.data.mode == "streaming" and self.data.task == "classification"),
              "data.online", "needs data.mode=streaming and data.task=classification")
         need(self.data.oversample >= 1, "data.oversample", f"must be >= 1, got {self.data.oversample}")

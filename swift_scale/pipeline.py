@@ -285,7 +285,8 @@ class Pipeline:
         train = StreamingSplit(index["train"], image_key=image_key, label_key=label_key, in_chans=m.in_chans,
                                image_size=m.image_size, num_classes=num_classes, noise_rate=d.noise_rate,
                                noise_seed=d.noise_seed, seed=self.cfg.seed, oversample=d.oversample,
-                               shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, on_error=d.on_error)
+                               shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, on_error=d.on_error,
+                               sample_shape=loaded["val"].images.shape[1:])
         if self.acc.is_main_process and d.noise_rate > 0:  # labels are only read while streaming: ids + shifts
             atomic_write_json(self.dir / "noise.json", {"rate": d.noise_rate, "num_flipped": len(train.flipped),
                                                         "flipped_ids": train.flipped.tolist(),
@@ -339,7 +340,9 @@ class Pipeline:
         t = self.cfg.train
         model = self.new_model(state)
         valid = self.data.train_valid
-        if valid is not None:  # skipped (bad) samples keep their row and id but are never drawn
+        if valid is not None and (probs is not None or self.cfg.data.mode == "indexed"):
+            # skipped (bad) samples keep their row and id but are never drawn (a uniform streaming pass reads
+            # every id and leaves the bad ones out of their batches)
             probs = (np.full(len(valid), 1.0) if probs is None else np.asarray(probs, dtype=np.float64)) * valid
             probs = probs / probs.sum() if probs.sum() > 0 else valid / valid.sum()
 
@@ -403,13 +406,34 @@ class Pipeline:
         if (store_dir / "meta.json").exists():
             store = FeatureStore(store_dir)
             if store.complete:
-                return store
+                return self._note_streaming_skips(store)
         model = self.acc.prepare(self.new_model(self.theta0()))
         idx = self.data.index["train"]
         store = extract_features(self.acc, model, self.data.train, store_dir, idx.offsets, idx.counts,
                                  self.cfg.features.batch_size, self.cfg.features.quantile_points,
                                  self.cfg.train.progress, task=self.task)
         self.acc.free_memory()
+        return self._note_streaming_skips(store)
+
+    def _note_streaming_skips(self, store: FeatureStore) -> FeatureStore:
+        """Streaming with ``data.on_error=skip``: the features pass is where bad training samples are found (their
+        shards' done markers list them). From then on they are never sampled, and they are reported in
+        data_errors.json and summary.json like the indexed mode's."""
+        if self.cfg.data.mode != "streaming" or self.data.train_valid is not None:
+            return store
+        skipped = [e for info in store.done_info().values() for e in info.get("skipped", [])]
+        if not skipped:
+            return store
+        valid = np.ones(len(self.data.train), dtype=bool)
+        valid[[e["id"] for e in skipped]] = False
+        self.data.train_valid, self.data.num_errors = valid, self.data.num_errors + len(skipped)
+        logger.warning("skipped %d bad training sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
+                       len(skipped), skipped[0]["url"], skipped[0]["key"], skipped[0]["reason"],
+                       self.dir / "data_errors.json")
+        if self.acc.is_main_process:
+            errors = json.loads((self.dir / "data_errors.json").read_text())["errors"]
+            errors = [e for e in errors if e["split"] != "train"] + [{"split": "train", **e} for e in skipped]
+            atomic_write_json(self.dir / "data_errors.json", {"count": len(errors), "errors": errors})
         return store
 
     def _train_features(self, store: FeatureStore) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """The real CLI end to end on a tiny config, checking every file of DESIGN §4."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -130,7 +131,10 @@ def test_failed_trials_are_recorded_with_reason(tmp_path, digits_shards):
     assert "non-finite training loss" in hist[0]["error"]
 
 
-def test_corrupt_training_samples_are_skipped_and_reported(tmp_path, digits_shards):
+@pytest.mark.parametrize("mode", ["indexed", "streaming"])
+def test_corrupt_training_samples_are_skipped_and_reported(tmp_path, digits_shards, mode):
+    """Indexed mode finds bad samples while decoding; streaming mode (2 workers) drops them from their batches
+    and finds them all in the features pass. Either way: listed, counted, never sampled; fail mode exits 2."""
     from .test_data import _corrupt_shard
 
     bad = tmp_path / "bad-000000.tar"
@@ -138,14 +142,28 @@ def test_corrupt_training_samples_are_skipped_and_reported(tmp_path, digits_shar
     train = digits_shards["train"].replace("{000000..000003}", "{000000..000001}") + "::" + str(bad)
     out = tmp_path / "skip"
     args = [a if not a.startswith("data.train=") else f"data.train={train}" for a in tiny_overrides(digits_shards, out)]
+    if mode == "streaming":
+        args += ["data.mode=streaming", "data.num_workers=2"]
     res = cli("run", *args, "model.image_size=8")
     assert res.returncode == 0, res.stderr[-2000:]
     # model.image_size resizes the 6x6 sample, so 3 of the 6 are bad
-    assert "skipped 3 bad sample(s)" in res.stderr
+    assert re.search(r"skipped 3 bad (training )?sample\(s\)", res.stderr), res.stderr[-2000:]
+    if mode == "streaming":
+        report = json.loads((out / "data_errors.json").read_text())
+        index = json.loads((out / "index.json").read_text())["train"]
+        bad_ids = [index["offsets"][-1] + k for k in (1, 2, 4)]  # badpng, nolabel, label
+        assert sorted(e["id"] for e in report["errors"]) == bad_ids
+        from swift_scale.config import load_config
+        from swift_scale.pipeline import Pipeline
+
+        again = Pipeline(load_config(str(out / "config.yaml"), ["train.cpu=true"]))  # the run folder, reopened
+        again.features()  # complete: the bad ids come back from the store's shard markers
+        assert np.flatnonzero(~again.data.train_valid).tolist() == bad_ids
     report = json.loads((out / "data_errors.json").read_text())
     assert report["count"] == 3 and {e["key"] for e in report["errors"]} == {"badpng", "nolabel", "label"}
     assert all(e["split"] == "train" and e["url"] == str(bad) for e in report["errors"])
     assert json.loads((out / "summary.json").read_text())["data_errors"] == 3
     fail = cli("run", *[a.replace(str(out), str(tmp_path / "fail")) for a in args], "model.image_size=8",
                "data.on_error=fail")
-    assert fail.returncode == 2 and "badpng" in fail.stderr and len(fail.stderr.strip().splitlines()) == 1
+    assert fail.returncode == 2 and len(fail.stderr.strip().splitlines()) == 1  # also from a DataLoader worker
+    assert f"{bad}: sample '" in fail.stderr and "data.on_error=skip" in fail.stderr

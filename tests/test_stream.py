@@ -141,8 +141,8 @@ def test_cli_streaming_run(tmp_path, digits_shards):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["data.mode=streaming"], "data.on_error"),
     (["data.mode=stream"], "data.mode"),
+    (["data.mode=streaming", "data.on_error=maybe"], "data.on_error"),
     (["data.mode=streaming", "data.on_error=fail", "data.oversample=0.5"], "data.oversample"),
 ])
 def test_streaming_config_errors(tmp_path, digits_shards, extra, needle):
@@ -189,3 +189,28 @@ def test_plan_counts_kept_ids_per_shard_with_empty_shards():
     plan = split.plan(p / p.sum(), 0)
     assert plan.kept_per_shard.tolist() == [int(plan.mask[:3].sum()), 0, int(plan.mask[3:].sum()), 0]
     assert plan.total_kept == 4 and not plan.mask[3:5].any()
+
+
+def test_bad_samples_in_streaming_skip_mode(tmp_path):
+    """on_error=skip: the features pass sees every id (bad ones filled in and recorded with url/key/reason),
+    a training pass leaves them out of their batches with its step count unchanged; fail mode names the key."""
+    from swift_scale.data import DataError
+
+    from .test_data import _corrupt_shard
+
+    path = tmp_path / "c-000000.tar"
+    _corrupt_shard(path)
+    index = build_index([str(path)])
+    split = StreamingSplit(index, num_classes=10, on_error="skip", sample_shape=(1, 4, 4))
+    got = list(split.shard_batches(0, 4))
+    assert torch.cat([g for _, _, g in got]).tolist() == list(range(6))
+    skipped = split.take_skipped()
+    assert [(e["id"], e["key"]) for e in skipped] == [(1, "badpng"), (2, "nolabel"), (3, "shape"), (4, "label")]
+    assert "lacks field 'cls'" in skipped[1]["reason"] and "shape (1, 6, 6)" in skipped[2]["reason"]
+    assert split.take_skipped() == []
+    plan = split.plan(None, 0)
+    batches = [g.tolist() for _, _, g in split.loader(plan, 0, 0, 1, 3)]
+    assert len(batches) == split.steps(plan, 1, 3) == 2 and sorted(sum(batches, [])) == [0, 5]
+    strict = StreamingSplit(index, num_classes=10, on_error="fail", sample_shape=(1, 4, 4))
+    with pytest.raises(DataError, match="'badpng' cannot be used"):
+        list(strict.shard_batches(0, 4))

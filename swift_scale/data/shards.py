@@ -234,7 +234,7 @@ def load_split(index: ShardIndex, *, image_key: str = "png", label_key: str = "c
 
     def bad(url, key, reason):
         if on_error == "fail":
-            raise DataError(f"{url}: sample {key!r} {reason}")
+            raise DataError(f"{url}: sample {key!r} {reason}; set data.on_error=skip to leave it out")
         errors.append({"url": url, "key": key, "reason": reason})
         images.append(None)
 

@@ -176,13 +176,16 @@ class StreamingSplit:
         oversample: candidates per kept sample in sampled passes (2 = keep half).
         shuffle_buffer: raw samples held per worker for shuffling (0 = stored order).
         num_workers: DataLoader worker processes per rank.
-        on_error: ``fail`` (DataError naming the shard and key) or ``skip`` (the batch is one sample short).
+        on_error: ``fail`` (DataError naming the shard and key) or ``skip``: a bad sample is left out of its
+            batch (one sample short; the step still happens on every rank) and recorded in :attr:`skipped`; the
+            features pass records every bad id, and the pipeline gives them probability 0.
+        sample_shape: the [C, H, W] every image must have (from val/test); others are bad samples.
     """
 
     def __init__(self, index: ShardIndex, *, image_key: str = "png", label_key: str = "cls", in_chans: int = 1,
                  image_size: int = 0, num_classes: int = 0, noise_rate: float = 0.0, noise_seed: int = 0,
                  seed: int = 0, oversample: float = 2.0, shuffle_buffer: int = 0, num_workers: int = 0,
-                 on_error: str = "fail"):
+                 on_error: str = "fail", sample_shape: tuple[int, ...] | None = None):
         if index.total == 0:
             raise DataError("data.train: the split is empty")
         if oversample < 1:
@@ -195,6 +198,8 @@ class StreamingSplit:
         self.shuffle_buffer, self.num_workers, self.on_error = shuffle_buffer, num_workers, on_error
         self.flipped, self.shift = noise_plan(index.total, noise_rate, num_classes, noise_seed or seed)
         self._hf = None  # the datasets.IterableDataset of an hf: source, opened on first read
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.skipped: list[dict] = []
 
     def __len__(self) -> int:
         return self.index.total
@@ -269,15 +274,26 @@ class StreamingSplit:
                 yield pos, sample
 
     def _decode(self, gid: int, sample: dict):
+        """(image uint8 [C, H, W], noisy label), or None for a bad sample with ``on_error=skip`` (recorded in
+        :attr:`skipped`)."""
         try:
+            missing = [k for k in (self.image_key, self.label_key) if k not in sample]
+            if missing:
+                have = sorted(k for k in sample if not k.startswith("__"))
+                raise ValueError(f"lacks field {missing[0]!r} (has {have}); set data.image_key / data.label_key")
             raw, lab = sample[self.image_key], sample[self.label_key]
             img = (_decode_image(raw, self.in_chans, self.image_size) if isinstance(raw, bytes)
                    else to_chw(raw, self.in_chans, self.image_size))
             label = int(lab.decode().strip()) if isinstance(lab, bytes) else int(lab)
+            if self.sample_shape is not None and img.shape != tuple(self.sample_shape):
+                raise ValueError(f"shape {img.shape}, val/test {tuple(self.sample_shape)}; set model.image_size")
         except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
             if self.on_error == "fail":
-                raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} cannot be decoded "
-                                f"({type(e).__name__}: {e}); set data.on_error=skip to leave it out") from None
+                raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} cannot be used "
+                                f"({reason}); set data.on_error=skip to leave it out") from None
+            self.skipped.append({"id": int(gid), "url": str(sample.get("__url__")), "key": str(sample.get("__key__")),
+                                 "reason": reason})
             return None
         if not 0 <= label < self.num_classes:
             raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} has label {label} outside "
@@ -287,8 +303,18 @@ class StreamingSplit:
             label = (label + int(self.shift[i])) % self.num_classes
         return img, label
 
-    def _collate(self, raw: list[tuple[int, dict]]):
-        out = [(gid, d) for gid, s in raw if (d := self._decode(gid, s)) is not None]
+    def _collate(self, raw: list[tuple[int, dict]], fill: bool = False):
+        """Decode a raw batch; bad samples are left out, or with ``fill`` (the features pass, which writes a row
+        for every id) replaced by a zero image with label 0 — their ids are in :attr:`skipped` and never
+        sampled."""
+        decoded = [(gid, self._decode(gid, s)) for gid, s in raw]
+        if fill and any(d is None for _, d in decoded):
+            shape = self.sample_shape or next((d[0].shape for _, d in decoded if d is not None), None)
+            if shape is None:
+                raise DataError(f"{raw[0][1].get('__url__')}: no sample of a batch could be decoded and the image "
+                                "shape is unknown; set model.image_size")
+            decoded = [(g, d if d is not None else (np.zeros(shape, np.uint8), 0)) for g, d in decoded]
+        out = [(gid, d) for gid, d in decoded if d is not None]
         if not out:
             return None
         gids = torch.tensor([g for g, _ in out], dtype=torch.int64)
@@ -297,20 +323,25 @@ class StreamingSplit:
         return images, labels, gids
 
     def shard_batches(self, shard: int, batch_size: int):
-        """Every sample of one shard in stored order, decoded: (images uint8, labels, global ids) batches."""
+        """Every sample of one shard in stored order, decoded: (images uint8, labels, global ids) batches with
+        every id of the shard (bad samples filled in, see :meth:`_collate`)."""
         raw = []
         for item in self._raw(shard, 0, int(self.counts[shard]), None):
             raw.append(item)
             if len(raw) == batch_size:
-                if (b := self._collate(raw)) is not None:
-                    yield b
+                yield self._collate(raw, fill=True)
                 raw = []
-        if raw and (b := self._collate(raw)) is not None:
-            yield b
+        if raw:
+            yield self._collate(raw, fill=True)
+
+    def take_skipped(self) -> list[dict]:
+        """The bad samples met so far in this process (id, url, key, reason), cleared."""
+        out, self.skipped = self.skipped, []
+        return out
 
     def loader(self, plan: PassPlan, pass_: int, rank: int, world: int, per_rank: int, start_step: int = 0):
         """This rank's batches of the pass from ``start_step`` on: exactly ``steps - start_step`` batches of
-        (images uint8 [b, C, H, W], labels, global ids), through a DataLoader with ``num_workers`` workers."""
+        (images uint8 [b, C, H, W], labels, global ids), from a DataLoader with ``num_workers`` workers."""
         steps = self.steps(plan, world, per_rank)
         ds = _RankPass(self, plan, pass_, rank, steps, per_rank, start_step)
         workers = self.num_workers if steps - start_step > 0 else 0
@@ -318,8 +349,21 @@ class StreamingSplit:
             _stop_tqdm_monitor()
             if self._hf is None and self.urls[0].startswith("hf:"):  # once here, not in every worker every pass
                 self._hf = hf_stream_open(self.urls)
-        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
-                                           persistent_workers=False, prefetch_factor=4 if workers else None)
+        return _worker_errors_as_one_line(torch.utils.data.DataLoader(
+            ds, batch_size=None, num_workers=workers, persistent_workers=False,
+            prefetch_factor=4 if workers else None))
+
+
+def _worker_errors_as_one_line(loader):
+    """Iterate ``loader``; a DataError raised in a DataLoader worker (which torch re-raises with the worker's
+    whole traceback as its message) comes out with its own one-line message again."""
+    try:
+        yield from loader
+    except DataError as e:
+        lines = [line for line in str(e).splitlines() if line.startswith(f"{DataError.__module__}.DataError: ")]
+        if not lines:
+            raise
+        raise DataError(lines[-1].split("DataError: ", 1)[1]) from None
 
 
 def _stop_tqdm_monitor() -> None:

@@ -169,10 +169,15 @@ class FeatureStore:
         self.features.flush()
         self.mask.flush()
 
-    def mark_done(self, unit: str) -> None:
-        """Record that a unit of work (a shard) is written: flush rows first, then an atomic marker."""
+    def mark_done(self, unit: str, info: dict | None = None) -> None:
+        """Record that a unit of work (a shard) is written: flush rows first, then an atomic marker holding
+        ``info`` (e.g. the shard's bad samples)."""
         self.flush()
-        atomic_write_json(self.root / "done" / unit, {"unit": unit})
+        atomic_write_json(self.root / "done" / unit, {"unit": unit, **(info or {})})
+
+    def done_info(self) -> dict[str, dict]:
+        """Each done unit's marker (with the ``info`` given to :meth:`mark_done`)."""
+        return {u: json.loads((self.root / "done" / u).read_text()) for u in sorted(self.done_units())}
 
     def done_units(self) -> set[str]:
         d = self.root / "done"

@@ -232,7 +232,8 @@ def extract_features(accelerator: Accelerator, model: torch.nn.Module, data: Spl
                 feats = task.features(model, data.to_input(images, accelerator.device),
                                       labels.to(accelerator.device)).cpu().numpy()
             store.write(ids.numpy(), feats)
-        store.mark_done(unit)
+        skipped = data.take_skipped() if hasattr(data, "take_skipped") else []  # streaming: bad ids of the shard
+        store.mark_done(unit, {"skipped": skipped} if skipped else None)
     store.flush()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
