@@ -149,6 +149,22 @@ def tar_samples(path: str, want=None):
             yield pos, sample
 
 
+def local_path(url: str) -> str | None:
+    """The file a shard url names, or None for remote (``scheme://``) and ``pipe:`` urls."""
+    if "://" in url or url.startswith("pipe:"):
+        return None
+    return url[len("file:"):] if url.startswith("file:") else url
+
+
+def raw_samples(url: str):
+    """Raw samples of one shard in stored order: local tars through :func:`tar_samples`, others through
+    webdataset's reader (the same grouping)."""
+    local = local_path(url)
+    if local is None:
+        return wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+    return (sample for _, sample in tar_samples(local))
+
+
 def _count_local_tar(path: str) -> int:
     """Number of samples (distinct consecutive keys) in a tar, reading headers only."""
     count = 0
@@ -167,11 +183,10 @@ def build_index(urls: list[str]) -> ShardIndex:
     """Count samples in every shard (local files by their tar headers, others by a raw WebDataset pass)."""
     counts = []
     for url in urls:
-        local = url[len("file:"):] if url.startswith("file:") else url
-        if "://" not in url and not url.startswith("pipe:"):
+        if (local := local_path(url)) is not None:
             counts.append(_count_local_tar(local))
         else:
-            counts.append(sum(1 for _ in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())))
+            counts.append(sum(1 for _ in raw_samples(url)))
     return ShardIndex(urls, counts)
 
 
@@ -239,7 +254,7 @@ def load_split(index: ShardIndex, *, image_key: str = "png", label_key: str = "c
         images.append(None)
 
     for url, offset, count in zip(index.urls, index.offsets, index.counts):
-        pipe = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        pipe = raw_samples(url)
         n = 0
         try:
             for sample in pipe:

@@ -31,10 +31,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.utils.data
-import webdataset as wds
 
 from swift_scale.data.noise import noise_plan
-from swift_scale.data.shards import DataError, ShardIndex, _decode_image, images_to_input, tar_samples, to_chw
+from swift_scale.data.shards import (
+    DataError,
+    ShardIndex,
+    _decode_image,
+    images_to_input,
+    local_path,
+    raw_samples,
+    tar_samples,
+    to_chw,
+)
 from swift_scale.rng import generator, stream_id
 
 __all__ = ["StreamingSplit", "PassPlan", "hf_stream_index", "hf_stream_open"]
@@ -256,8 +264,7 @@ class StreamingSplit:
         tar, or the rows of one file of an HF dataset (:func:`hf_shard_rows`; an ``Image`` column stays
         {"bytes", "path"}: rows are decoded only when kept)."""
         url = self.urls[shard]
-        local = url[len("file:"):] if url.startswith("file:") else url
-        if not url.startswith("hf:") and "://" not in url and not url.startswith("pipe:"):
+        if not url.startswith("hf:") and (local := local_path(url)) is not None:
             yield from tar_samples(local, want)
             return
         if url.startswith("hf:"):
@@ -265,7 +272,7 @@ class StreamingSplit:
                 self._hf = hf_stream_open(self.urls)
             rows = hf_shard_rows(self._hf, shard, [self.image_key, self.label_key], url)
         else:
-            rows = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+            rows = raw_samples(url)
         for pos, sample in enumerate(rows):
             take = want(pos)
             if take is None:

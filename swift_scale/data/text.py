@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from swift_scale.data.hf import is_hf, open_hf
-from swift_scale.data.shards import DataError
+from swift_scale.data.shards import DataError, raw_samples
 from swift_scale.rng import stream_id, uniform01
 
 __all__ = ["is_token_shards", "load_token_shards", "read_text", "train_tokenizer", "load_tokenizer", "pack", "corrupt_sequences", "unigram_rarity"]
@@ -38,12 +38,10 @@ def load_token_shards(index, seq_len: int, field: str = "data") -> np.ndarray:
     """Packed sequences int64 [N, seq_len] from token shards, in shard-table order (row = global id)."""
     import io
 
-    import webdataset as wds
-
     rows = []
     for url, count in zip(index.urls, index.counts):
         n = 0
-        for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+        for sample in raw_samples(url):
             if "tokens.npy" not in sample:
                 raise DataError(f"{url}: sample {sample.get('__key__')!r} has no tokens.npy; write token shards "
                                 "with swift_scale.data.writers.write_token_shards")

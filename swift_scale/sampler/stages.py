@@ -59,14 +59,13 @@ class KeepByGlobalId:
             pipe = wds.DataPipeline(wds.SimpleShardList(index.urls), wds.split_by_worker, stage.read,
                                     wds.decode("pil"), wds.to_tuple("png", "cls"))
         """
-        from swift_scale.data.shards import tar_samples
+        from swift_scale.data.shards import local_path, tar_samples
 
         for shard in src:
             url = shard["url"]
-            local = url[len("file:"):] if url.startswith("file:") else url
             if url not in self.offsets:
                 raise KeyError(f"{url} is not in the shard table this stage was built with")
-            if "://" in url or url.startswith("pipe:"):
+            if (local := local_path(url)) is None:
                 yield from self(wds.tarfile_to_samples()(iter([shard])))
                 continue
             offset = self.offsets[url]
