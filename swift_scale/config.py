@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+HF_STREAM_BUILDERS = ("parquet", "arrow", "json", "csv")  # hf:BUILDER:FILES that data.mode=streaming reads
+
 __all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "config_to_dict", "config_hash"]
 
 
@@ -215,8 +217,8 @@ class Config:
         need(self.data.mode in ("indexed", "streaming"), "data.mode",
              f"must be indexed or streaming, got {self.data.mode!r}")
         need(self.data.mode == "indexed" or not self.data.train.startswith("hf:")
-             or self.data.train.split(":")[1:2] in (["parquet"], ["arrow"], ["json"], ["csv"]), "data.mode",
-             "streaming reads WebDataset shards or hf:BUILDER:FILES (parquet, arrow, json, csv); "
+             or self.data.train.split(":")[1] in HF_STREAM_BUILDERS, "data.mode",
+             f"streaming reads WebDataset shards or hf:BUILDER:FILES ({', '.join(HF_STREAM_BUILDERS)}); "
              "use data.mode=indexed for other hf: sources")
         need(not self.data.online or (self.data.mode == "streaming" and self.data.task == "classification"),
              "data.online", "needs data.mode=streaming and data.task=classification")

@@ -274,19 +274,20 @@ class Pipeline:
 
         d, m = self.cfg.data, self.cfg.model
         num_classes = d.num_classes or int(max(ld.labels[ld.valid].max() for ld in loaded.values())) + 1
-        image_key, label_key = d.image_key, d.label_key
+        image_key, label_key, stream = d.image_key, d.label_key, None
         if is_hf(index["train"].urls[0]):  # HF columns, with the usual fallbacks
             from swift_scale.data.hf import pick_column
             from swift_scale.data.stream import hf_stream_columns, hf_stream_open
 
-            names = hf_stream_columns(hf_stream_open(index["train"].urls))
+            stream = hf_stream_open(index["train"].urls)
+            names = hf_stream_columns(stream)
             image_key = pick_column(names, d.image_key, ("image", "img", "pixel_values"), "data.train", "image_key")
             label_key = pick_column(names, d.label_key, ("label", "labels", "cls"), "data.train", "label_key")
         train = StreamingSplit(index["train"], image_key=image_key, label_key=label_key, in_chans=m.in_chans,
                                image_size=m.image_size, num_classes=num_classes, noise_rate=d.noise_rate,
                                noise_seed=d.noise_seed, seed=self.cfg.seed, oversample=d.oversample,
                                shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, on_error=d.on_error,
-                               sample_shape=loaded["val"].images.shape[1:])
+                               sample_shape=loaded["val"].images.shape[1:], hf_dataset=stream)
         if self.acc.is_main_process and d.noise_rate > 0:  # labels are only read while streaming: ids + shifts
             atomic_write_json(self.dir / "noise.json", {"rate": d.noise_rate, "num_flipped": len(train.flipped),
                                                         "flipped_ids": train.flipped.tolist(),

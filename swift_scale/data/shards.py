@@ -119,8 +119,8 @@ def tar_members(path: str):
 
 def tar_samples(path: str, want=None):
     """The samples of a local tar as webdataset groups them (consecutive members sharing a key; suffixes
-    lower-cased; webdataset's ``__meta__`` members and names without an extension skipped): yields (position, sample dict with
-    ``__key__``/``__url__``). ``want(position)`` is asked once per sample before any of its payload is read:
+    lower-cased; webdataset's ``__meta__`` members and names without an extension skipped): yields (position,
+    sample dict with ``__key__``/``__url__``). ``want(position)`` is asked once per sample before any of its payload is read:
     True reads and yields it, False seeks past it, None stops."""
     with open(path, "rb") as f:
         pos, key, sample, take = -1, None, None, False
@@ -147,6 +147,15 @@ def tar_samples(path: str, want=None):
                 sample[suffix] = f.read(size)
         if sample is not None:
             yield pos, sample
+
+
+def missing_field(sample: dict, image_key: str, label_key: str) -> str | None:
+    """Why ``sample`` cannot be used because a field is missing (naming the config keys), or None."""
+    missing = [k for k in (image_key, label_key) if k not in sample]
+    if not missing:
+        return None
+    have = sorted(k for k in sample if not k.startswith("__"))
+    return f"lacks field {missing[0]!r} (has {have}); set data.image_key / data.label_key"
 
 
 def local_path(url: str) -> str | None:
@@ -262,10 +271,8 @@ def load_split(index: ShardIndex, *, image_key: str = "png", label_key: str = "c
                     raise DataError(f"{url}: more samples than indexed; delete the run's index.json")
                 key = sample.get("__key__")
                 n += 1
-                missing = [k for k in (image_key, label_key) if k not in sample]
-                if missing:
-                    have = sorted(k for k in sample if not k.startswith("__"))
-                    bad(url, key, f"lacks field {missing[0]!r} (has {have}); set data.image_key / data.label_key")
+                if (why := missing_field(sample, image_key, label_key)) is not None:
+                    bad(url, key, why)
                     continue
                 try:
                     img = _decode_image(sample[image_key], in_chans, image_size)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from swift_scale.config import HF_STREAM_BUILDERS
 from swift_scale.data.noise import noise_plan
 from swift_scale.data.shards import (
     DataError,
@@ -39,6 +40,7 @@ from swift_scale.data.shards import (
     _decode_image,
     images_to_input,
     local_path,
+    missing_field,
     raw_samples,
     tar_samples,
     to_chw,
@@ -48,14 +50,14 @@ from swift_scale.rng import generator, stream_id
 __all__ = ["StreamingSplit", "PassPlan", "hf_stream_index", "hf_stream_open"]
 
 
-STREAM_BUILDERS = ("parquet", "arrow", "json", "csv")
-
-
 def hf_stream_files(ref: str, field: str = "data.train") -> list[str]:
     """The shard urls ``hf:BUILDER:FILE`` of a streaming HF source, one per data file, sorted."""
     import glob
 
     _, builder, pattern = ref.split(":", 2)
+    if builder not in HF_STREAM_BUILDERS:
+        raise DataError(f"{field}: streaming reads hf:BUILDER:FILES with BUILDER one of "
+                        f"{', '.join(HF_STREAM_BUILDERS)}, got {builder!r}")
     if os.path.isdir(pattern):  # e.g. a save_to_disk folder: its data files, not state.json
         ext = {"parquet": ".parquet", "arrow": ".arrow", "json": (".json", ".jsonl"), "csv": ".csv"}[builder]
         files = sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.endswith(ext))
@@ -188,12 +190,13 @@ class StreamingSplit:
             batch (one sample short; the step still happens on every rank) and recorded in :attr:`skipped`; the
             features pass records every bad id, and the pipeline gives them probability 0.
         sample_shape: the [C, H, W] every image must have (from val/test); others are bad samples.
+        hf_dataset: the already opened :func:`hf_stream_open` of an ``hf:`` source (else opened on first use).
     """
 
     def __init__(self, index: ShardIndex, *, image_key: str = "png", label_key: str = "cls", in_chans: int = 1,
                  image_size: int = 0, num_classes: int = 0, noise_rate: float = 0.0, noise_seed: int = 0,
                  seed: int = 0, oversample: float = 2.0, shuffle_buffer: int = 0, num_workers: int = 0,
-                 on_error: str = "fail", sample_shape: tuple[int, ...] | None = None):
+                 on_error: str = "fail", sample_shape: tuple[int, ...] | None = None, hf_dataset=None):
         if index.total == 0:
             raise DataError("data.train: the split is empty")
         if oversample < 1:
@@ -205,7 +208,7 @@ class StreamingSplit:
         self.num_classes, self.seed, self.oversample = num_classes, seed, oversample
         self.shuffle_buffer, self.num_workers, self.on_error = shuffle_buffer, num_workers, on_error
         self.flipped, self.shift = noise_plan(index.total, noise_rate, num_classes, noise_seed or seed)
-        self._hf = None  # the datasets.IterableDataset of an hf: source, opened on first read
+        self._hf = hf_dataset  # the datasets.IterableDataset of an hf: source (see hf_stream)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.skipped: list[dict] = []
 
@@ -268,9 +271,7 @@ class StreamingSplit:
             yield from tar_samples(local, want)
             return
         if url.startswith("hf:"):
-            if self._hf is None:
-                self._hf = hf_stream_open(self.urls)
-            rows = hf_shard_rows(self._hf, shard, [self.image_key, self.label_key], url)
+            rows = hf_shard_rows(self.hf_stream(), shard, [self.image_key, self.label_key], url)
         else:
             rows = raw_samples(url)
         for pos, sample in enumerate(rows):
@@ -280,14 +281,18 @@ class StreamingSplit:
             if take:
                 yield pos, sample
 
+    def hf_stream(self):
+        """The ``datasets.IterableDataset`` of an ``hf:`` source, opened on first use."""
+        if self._hf is None:
+            self._hf = hf_stream_open(self.urls)
+        return self._hf
+
     def _decode(self, gid: int, sample: dict):
         """(image uint8 [C, H, W], noisy label), or None for a bad sample with ``on_error=skip`` (recorded in
         :attr:`skipped`)."""
         try:
-            missing = [k for k in (self.image_key, self.label_key) if k not in sample]
-            if missing:
-                have = sorted(k for k in sample if not k.startswith("__"))
-                raise ValueError(f"lacks field {missing[0]!r} (has {have}); set data.image_key / data.label_key")
+            if (why := missing_field(sample, self.image_key, self.label_key)) is not None:
+                raise ValueError(why)
             raw, lab = sample[self.image_key], sample[self.label_key]
             img = (_decode_image(raw, self.in_chans, self.image_size) if isinstance(raw, bytes)
                    else to_chw(raw, self.in_chans, self.image_size))
@@ -354,8 +359,8 @@ class StreamingSplit:
         workers = self.num_workers if steps - start_step > 0 else 0
         if workers:
             _stop_tqdm_monitor()
-            if self._hf is None and self.urls[0].startswith("hf:"):  # once here, not in every worker every pass
-                self._hf = hf_stream_open(self.urls)
+            if self.urls[0].startswith("hf:"):
+                self.hf_stream()  # opened once here, not in every forked worker every pass
         return _worker_errors_as_one_line(torch.utils.data.DataLoader(
             ds, batch_size=None, num_workers=workers, persistent_workers=False,
             prefetch_factor=4 if workers else None))

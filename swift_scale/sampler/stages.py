@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from swift_scale.data.shards import ShardIndex
 from swift_scale.features.functions import CLASSIFICATION_FEATURES, classification_features
@@ -59,14 +58,14 @@ class KeepByGlobalId:
             pipe = wds.DataPipeline(wds.SimpleShardList(index.urls), wds.split_by_worker, stage.read,
                                     wds.decode("pil"), wds.to_tuple("png", "cls"))
         """
-        from swift_scale.data.shards import local_path, tar_samples
+        from swift_scale.data.shards import local_path, raw_samples, tar_samples
 
         for shard in src:
             url = shard["url"]
             if url not in self.offsets:
                 raise KeyError(f"{url} is not in the shard table this stage was built with")
             if (local := local_path(url)) is None:
-                yield from self(wds.tarfile_to_samples()(iter([shard])))
+                yield from self(raw_samples(url))
                 continue
             offset = self.offsets[url]
             kept = self.mask[offset:offset + self.counts[url]]
