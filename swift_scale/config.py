@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 
 HF_STREAM_BUILDERS = ("parquet", "arrow", "json", "csv")  # hf:BUILDER:FILES that data.mode=streaming reads
+# sanity bounds: a value beyond these is a typo (train.epochs=10**12), refused before anything runs
+MAX_EPOCHS, MAX_TRIALS, MAX_BATCH = 100_000, 100_000, 1 << 24
 
 __all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "config_to_dict", "config_hash"]
 
@@ -254,7 +257,28 @@ class Config:
         need(0 <= self.search.theta0_epoch <= self.train.epochs, "search.theta0_epoch",
              f"must be in [0, train.epochs={self.train.epochs}]")
         need(self.search.lr >= 0, "search.lr", "must be >= 0 (0 = train.lr)")
-        need(bool(self.run.name) and "/" not in self.run.name, "run.name", "must be a non-empty folder name")
+        need(bool(self.run.name) and self.run.name not in (".", "..")
+             and not any(c in self.run.name for c in "/\\\0"), "run.name",
+             f"must be a plain folder name under runs/ (no '/', not '.' or '..'), got {self.run.name!r}; "
+             "use run.out_dir for a folder elsewhere")
+        need(self.run.out_dir is None or bool(str(self.run.out_dir).strip()), "run.out_dir",
+             "is empty; give a folder or leave it unset")
+        for key, value in (("seed", self.seed), ("data.noise_seed", self.data.noise_seed)):
+            need(0 <= value < 2**32, key, f"must be in [0, 2^32), got {value}")
+        for key, value, top in (("train.epochs", self.train.epochs, MAX_EPOCHS),
+                                ("search.finetune_epochs", self.search.finetune_epochs, MAX_EPOCHS),
+                                ("search.trials", self.search.trials, MAX_TRIALS),
+                                ("train.batch_size", self.train.batch_size, MAX_BATCH),
+                                ("features.batch_size", self.features.batch_size, MAX_BATCH),
+                                ("features.quantile_points", self.features.quantile_points, 1 << 20),
+                                ("data.seq_len", self.data.seq_len, 1 << 20),
+                                ("data.num_workers", self.data.num_workers, 256),
+                                ("search.num_restarts", self.search.num_restarts, 4096),
+                                ("search.raw_samples", self.search.raw_samples, 1 << 20)):
+            need(value <= top, key, f"{value} is beyond any sensible run (at most {top}); check the value")
+        need(self.data.oversample <= 1000, "data.oversample", f"must be <= 1000, got {self.data.oversample}")
+        need(self.train.lr < 10 and self.search.lr < 10, "train.lr" if self.train.lr >= 10 else "search.lr",
+             "must be < 10 (a learning rate that large only diverges)")
         return self
 
 
@@ -288,10 +312,11 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             parsed = None
         if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
             raise ConfigError(f"{key}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         if typ is int and parsed != int(parsed):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        out = typ(parsed)
-        return out
+        return typ(parsed)
     if isinstance(current, list):
         if isinstance(value, str):
             value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
@@ -299,6 +324,11 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [str(v) for v in value]
     if isinstance(current, dict):
+        if isinstance(value, str):  # a YAML mapping on the command line: model.kwargs='{width: 16}'
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
@@ -370,8 +400,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
+        if not path.is_file():
+            raise ConfigError(f"{path}: is a directory, not a config file; give a YAML file (see configs/)")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except PermissionError:
+            raise ConfigError(f"{path}: cannot be read (permission denied)") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8 YAML") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):

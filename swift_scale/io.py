@@ -42,30 +42,60 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, obj: dict) -> None:
-    """Append one JSON line and fsync. A torn last line (crash mid-write) is ignored by :func:`read_jsonl`."""
+    """Append one JSON line and fsync.
+
+    A torn last line (a crash mid-write leaves bytes after the last newline) is ignored by :func:`read_jsonl`
+    and cut off here before the new line is written, so it can never turn into a corrupt middle line.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(obj) + "\n"
-    with open(path, "a") as f:
+    line = (json.dumps(obj) + "\n").encode()
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - 1))
+            if f.read(1) != b"\n":
+                f.truncate(_complete_length(f, size))
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
+def _complete_length(f, size: int, block: int = 1 << 16) -> int:
+    """Length of the file's prefix that ends with its last newline (0 when it has none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        f.seek(start)
+        chunk = f.read(end - start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read complete JSON lines; a final line without its newline (torn write) is dropped, not trusted."""
+    """Read complete JSON lines; a final line without its newline (torn write) is dropped, not trusted.
+
+    ValueError naming the file and the line for a complete line that is not a JSON object.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text()
-    lines = text.split("\n")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file; move it away to start over")
+    lines = path.read_bytes().split(b"\n")
     complete = lines[:-1]  # the part after the last "\n" is either empty or a torn write
     out = []
     for i, line in enumerate(complete):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e}); delete that line to continue") from e
+            rec = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e}); delete that line to continue") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: line {i + 1} is not a JSON object; delete that line to continue")
+        out.append(rec)
     return out

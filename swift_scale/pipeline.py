@@ -422,7 +422,8 @@ class Pipeline:
         data_errors.json and summary.json like the indexed mode's."""
         if self.cfg.data.mode != "streaming" or self.data.train_valid is not None:
             return store
-        skipped = [e for info in store.done_info().values() for e in info.get("skipped", [])]
+        by_id = {e["id"]: e for info in store.done_info().values() for e in info.get("skipped", [])}
+        skipped = [by_id[k] for k in sorted(by_id)]
         if not skipped:
             return store
         valid = np.ones(len(self.data.train), dtype=bool)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
-from swift_scale.data.shards import DataError, LoadedSplit, ShardIndex, to_chw
+from swift_scale.data.decode import DataError, LoadedSplit, decode_split
+from swift_scale.data.shards import ShardIndex
 
 __all__ = ["is_hf", "open_hf", "hf_index", "load_hf_split"]
 
@@ -81,29 +80,6 @@ def load_hf_split(ref: str, *, image_key: str = "image", label_key: str = "label
         raise DataError(f"{field}: {ref} has no rows")
     img_col = pick_column(ds.column_names, image_key, ("image", "img", "pixel_values"), field, "image_key")
     lab_col = pick_column(ds.column_names, label_key, ("label", "labels", "cls"), field, "label_key")
-    images: list[np.ndarray | None] = []
-    labels = np.zeros(len(ds), dtype=np.int64)
-    errors: list[dict] = []
-    shape = None
-    for i, row in enumerate(ds.select_columns([img_col, lab_col])):
-        try:
-            img = to_chw(row[img_col], in_chans, image_size)
-            label = int(row[lab_col])
-            if label < 0:
-                raise ValueError(f"negative label {label}")
-            if shape is not None and img.shape != shape:
-                raise ValueError(f"shape {img.shape}, others {shape}; set model.image_size to resize")
-        except Exception as e:  # noqa: BLE001 - recorded per row, or fatal with on_error=fail
-            if on_error == "fail":
-                raise DataError(f"{ref}: row {i} cannot be used ({type(e).__name__}: {e})") from None
-            errors.append({"url": ref, "key": str(i), "reason": f"{type(e).__name__}: {e}"})
-            images.append(None)
-            continue
-        shape = img.shape
-        images.append(img)
-        labels[i] = label
-    if shape is None:
-        raise DataError(f"{field}: no row of {ref} could be decoded (first: {errors[0]['reason']})")
-    valid = np.array([im is not None for im in images])
-    zeros = np.zeros(shape, dtype=np.uint8)
-    return LoadedSplit(np.stack([im if im is not None else zeros for im in images]), labels, valid, errors)
+    rows = ({**row, "__url__": ref, "__key__": str(i)} for i, row in enumerate(ds.select_columns([img_col, lab_col])))
+    return decode_split(rows, len(ds), image_key=img_col, label_key=lab_col, in_chans=in_chans,
+                        image_size=image_size, on_error=on_error, field=field, source=ref)

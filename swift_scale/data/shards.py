@@ -7,7 +7,6 @@ run folder as ``index.json``.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from dataclasses import dataclass
@@ -17,12 +16,10 @@ import webdataset as wds
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
+from swift_scale.data.decode import DataError, LoadedSplit, decode_split
+
 __all__ = ["DataError", "ShardIndex", "LoadedSplit", "expand_shards", "build_index", "load_split", "tar_members",
            "tar_samples"]
-
-
-class DataError(ValueError):
-    """A user-fixable data problem (missing/corrupt shard, empty split); one line naming the file."""
 
 
 def expand_shards(pattern: str, *, allow_pipe: bool = False, field: str = "data") -> list[str]:
@@ -149,15 +146,6 @@ def tar_samples(path: str, want=None):
             yield pos, sample
 
 
-def missing_field(sample: dict, image_key: str, label_key: str) -> str | None:
-    """Why ``sample`` cannot be used because a field is missing (naming the config keys), or None."""
-    missing = [k for k in (image_key, label_key) if k not in sample]
-    if not missing:
-        return None
-    have = sorted(k for k in sample if not k.startswith("__"))
-    return f"lacks field {missing[0]!r} (has {have}); set data.image_key / data.label_key"
-
-
 def local_path(url: str) -> str | None:
     """The file a shard url names, or None for remote (``scheme://``) and ``pipe:`` urls."""
     if "://" in url or url.startswith("pipe:"):
@@ -199,104 +187,33 @@ def build_index(urls: list[str]) -> ShardIndex:
     return ShardIndex(urls, counts)
 
 
-def _decode_image(data: bytes, in_chans: int, image_size: int) -> np.ndarray:
-    from PIL import Image
-
-    return to_chw(Image.open(io.BytesIO(data)), in_chans, image_size)
-
-
-def images_to_input(images, device):
-    """Stored uint8 images (a torch tensor [B, C, H, W]) → the model's float input in [−1, 1] on ``device``."""
-    return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-
-
-def to_chw(img, in_chans: int, image_size: int) -> np.ndarray:
-    """A PIL image, an HF ``Image`` dict ({"bytes", "path"}) or an array [H, W] / [H, W, C] → uint8 [C, H, W]."""
-    from PIL import Image
-
-    if isinstance(img, dict):
-        img = Image.open(io.BytesIO(img["bytes"]) if img.get("bytes") else img["path"])
-    elif not isinstance(img, Image.Image):
-        arr = np.asarray(img)
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr)
-    img = img.convert("L" if in_chans == 1 else "RGB")
-    if image_size and img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-@dataclass
-class LoadedSplit:
-    """A decoded split: images uint8 [N, C, H, W], labels int64 [N] (row = global id), ``valid`` bool [N]
-    (False where a sample was skipped; its row holds zeros) and the skipped samples as (url, key, reason)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    valid: np.ndarray
-    errors: list[dict]
-
-
 def load_split(index: ShardIndex, *, image_key: str = "png", label_key: str = "cls", in_chans: int = 1,
                image_size: int = 0, field: str = "data", on_error: str = "fail") -> LoadedSplit:
-    """Decode a whole split into memory, keeping global ids as row numbers.
+    """Decode a whole split of WebDataset shards into memory, keeping global ids as row numbers.
 
-    ``on_error="fail"`` stops at the first bad sample (undecodable image, missing field or label, wrong shape)
-    with a one-line :class:`DataError` naming the shard and key; ``"skip"`` records it and goes on (the row
-    stays, marked invalid, so global ids never shift). A shard that cannot be read at all always fails.
+    Bad samples follow :func:`~swift_scale.data.decode.decode_split` (``on_error="fail"``: a one-line
+    :class:`DataError` naming the shard and key; ``"skip"``: recorded, the row stays, marked invalid, so global
+    ids never shift). A shard that cannot be read at all always fails.
     """
-    if on_error not in ("fail", "skip"):
-        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     if index.total == 0:
         raise DataError(f"{field}: the split has no samples ({len(index.urls)} shard(s), all empty)")
-    images: list[np.ndarray | None] = []
-    labels = np.zeros(index.total, dtype=np.int64)
-    errors: list[dict] = []
-    shape = None
+    return decode_split(_indexed_samples(index), index.total, image_key=image_key, label_key=label_key,
+                        in_chans=in_chans, image_size=image_size, on_error=on_error, field=field)
 
-    def bad(url, key, reason):
-        if on_error == "fail":
-            raise DataError(f"{url}: sample {key!r} {reason}; set data.on_error=skip to leave it out")
-        errors.append({"url": url, "key": key, "reason": reason})
-        images.append(None)
 
-    for url, offset, count in zip(index.urls, index.offsets, index.counts):
-        pipe = raw_samples(url)
+def _indexed_samples(index: ShardIndex):
+    """Every raw sample of the split in global-id order, checked against the shard table's counts."""
+    for url, count in zip(index.urls, index.counts):
         n = 0
         try:
-            for sample in pipe:
+            for sample in raw_samples(url):
                 if n >= count:
                     raise DataError(f"{url}: more samples than indexed; delete the run's index.json")
-                key = sample.get("__key__")
                 n += 1
-                if (why := missing_field(sample, image_key, label_key)) is not None:
-                    bad(url, key, why)
-                    continue
-                try:
-                    img = _decode_image(sample[image_key], in_chans, image_size)
-                    label = int(sample[label_key].decode().strip())
-                except Exception as e:
-                    bad(url, key, f"cannot be decoded ({type(e).__name__}: {str(e).split(' <')[0]})")
-                    continue
-                if label < 0:
-                    bad(url, key, f"has a negative label {label}")
-                    continue
-                if shape is not None and img.shape != shape:
-                    bad(url, key, f"has shape {img.shape}, others {shape}; set model.image_size to resize")
-                    continue
-                shape = img.shape
-                images.append(img)
-                labels[offset + n - 1] = label
+                yield sample
         except DataError:
             raise
         except Exception as e:
             raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e})") from None
         if n != count:
             raise DataError(f"{url}: {n} samples read but {count} indexed; the shard changed — delete index.json")
-    if shape is None:
-        raise DataError(f"{field}: no sample could be decoded ({len(errors)} skipped; first: {errors[0]})")
-    valid = np.array([im is not None for im in images])
-    zeros = np.zeros(shape, dtype=np.uint8)
-    return LoadedSplit(np.stack([im if im is not None else zeros for im in images]), labels, valid, errors)

@@ -33,18 +33,16 @@ import torch
 import torch.utils.data
 
 from swift_scale.config import HF_STREAM_BUILDERS
-from swift_scale.data.noise import noise_plan
-from swift_scale.data.shards import (
+from swift_scale.data.decode import (
+    BadSample,
+    BadSamplePolicy,
     DataError,
-    ShardIndex,
-    _decode_image,
+    check_shape,
+    decode_sample,
     images_to_input,
-    local_path,
-    missing_field,
-    raw_samples,
-    tar_samples,
-    to_chw,
 )
+from swift_scale.data.noise import noise_plan
+from swift_scale.data.shards import ShardIndex, local_path, raw_samples, tar_samples
 from swift_scale.rng import generator, stream_id
 
 __all__ = ["StreamingSplit", "PassPlan", "hf_stream_index", "hf_stream_open"]
@@ -187,7 +185,7 @@ class StreamingSplit:
         shuffle_buffer: raw samples held per worker for shuffling (0 = stored order).
         num_workers: DataLoader worker processes per rank.
         on_error: ``fail`` (DataError naming the shard and key) or ``skip``: a bad sample is left out of its
-            batch (one sample short; the step still happens on every rank) and recorded in :attr:`skipped`; the
+            batch (one sample short; the step still happens on every rank) and recorded by :attr:`bad`; the
             features pass records every bad id, and the pipeline gives them probability 0.
         sample_shape: the [C, H, W] every image must have (from val/test); others are bad samples.
         hf_dataset: the already opened :func:`hf_stream_open` of an ``hf:`` source (else opened on first use).
@@ -210,7 +208,7 @@ class StreamingSplit:
         self.flipped, self.shift = noise_plan(index.total, noise_rate, num_classes, noise_seed or seed)
         self._hf = hf_dataset  # the datasets.IterableDataset of an hf: source (see hf_stream)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
-        self.skipped: list[dict] = []
+        self.bad = BadSamplePolicy(on_error)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return self.index.total
@@ -288,26 +286,15 @@ class StreamingSplit:
         return self._hf
 
     def _decode(self, gid: int, sample: dict):
-        """(image uint8 [C, H, W], noisy label), or None for a bad sample with ``on_error=skip`` (recorded in
-        :attr:`skipped`)."""
+        """(image uint8 [C, H, W], noisy label), or None for a bad sample with ``on_error=skip`` (recorded by
+        :attr:`bad`, with its global id)."""
         try:
-            if (why := missing_field(sample, self.image_key, self.label_key)) is not None:
-                raise ValueError(why)
-            raw, lab = sample[self.image_key], sample[self.label_key]
-            img = (_decode_image(raw, self.in_chans, self.image_size) if isinstance(raw, bytes)
-                   else to_chw(raw, self.in_chans, self.image_size))
-            label = int(lab.decode().strip()) if isinstance(lab, bytes) else int(lab)
-            if self.sample_shape is not None and img.shape != tuple(self.sample_shape):
-                raise ValueError(f"shape {img.shape}, val/test {tuple(self.sample_shape)}; set model.image_size")
-        except Exception as e:
-            reason = f"{type(e).__name__}: {e}"
-            if self.on_error == "fail":
-                raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} cannot be used "
-                                f"({reason}); set data.on_error=skip to leave it out") from None
-            self.skipped.append({"id": int(gid), "url": str(sample.get("__url__")), "key": str(sample.get("__key__")),
-                                 "reason": reason})
+            img, label = decode_sample(sample, self.image_key, self.label_key, self.in_chans, self.image_size)
+            check_shape(img, self.sample_shape, "val/test")
+        except BadSample as e:
+            self.bad(sample.get("__url__"), sample.get("__key__"), str(e), gid)
             return None
-        if not 0 <= label < self.num_classes:
+        if label >= self.num_classes:
             raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} has label {label} outside "
                             f"[0, {self.num_classes}); set data.num_classes")
         i = np.searchsorted(self.flipped, gid)
@@ -317,7 +304,7 @@ class StreamingSplit:
 
     def _collate(self, raw: list[tuple[int, dict]], fill: bool = False):
         """Decode a raw batch; bad samples are left out, or with ``fill`` (the features pass, which writes a row
-        for every id) replaced by a zero image with label 0 — their ids are in :attr:`skipped` and never
+        for every id) replaced by a zero image with label 0 — their ids are recorded by :attr:`bad` and never
         sampled."""
         decoded = [(gid, self._decode(gid, s)) for gid, s in raw]
         if fill and any(d is None for _, d in decoded):
@@ -347,9 +334,11 @@ class StreamingSplit:
             yield self._collate(raw, fill=True)
 
     def take_skipped(self) -> list[dict]:
-        """The bad samples met so far in this process (id, url, key, reason), cleared."""
-        out, self.skipped = self.skipped, []
-        return out
+        """The bad samples met so far in this process (id, url, key, reason), each id once, cleared."""
+        seen: dict[int, dict] = {}
+        for e in self.bad.take():
+            seen.setdefault(e["id"], e)
+        return [seen[k] for k in sorted(seen)]
 
     def loader(self, plan: PassPlan, pass_: int, rank: int, world: int, per_rank: int, start_step: int = 0):
         """This rank's batches of the pass from ``start_step`` on: exactly ``steps - start_step`` batches of

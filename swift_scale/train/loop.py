@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from swift_scale.data.shards import images_to_input
+from swift_scale.data.decode import images_to_input
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import atomic_write_json
 from swift_scale.sampler.select import epoch_indices, rank_share
@@ -225,14 +225,17 @@ def extract_features(accelerator: Accelerator, model: torch.nn.Module, data: Spl
         unit = f"shard-{s:06d}"
         if unit in done:
             continue
-        batches = (data.shard_batches(shard_offsets[s], shard_counts[s], batch_size) if isinstance(data, Split)
-                   else data.shard_batches(s, batch_size))
+        streaming = not isinstance(data, Split)
+        if streaming:  # bad samples met by earlier passes are not this shard's findings: count each once, here
+            data.take_skipped()
+        batches = (data.shard_batches(s, batch_size) if streaming
+                   else data.shard_batches(shard_offsets[s], shard_counts[s], batch_size))
         for images, labels, ids in batches:
             with accelerator.autocast():
                 feats = task.features(model, data.to_input(images, accelerator.device),
                                       labels.to(accelerator.device)).cpu().numpy()
             store.write(ids.numpy(), feats)
-        skipped = data.take_skipped() if hasattr(data, "take_skipped") else []  # streaming: bad ids of the shard
+        skipped = data.take_skipped() if streaming else []  # streaming: the bad ids of this shard
         store.mark_done(unit, {"skipped": skipped} if skipped else None)
     store.flush()
     accelerator.wait_for_everyone()
