@@ -1,17 +1,21 @@
-# `make demo` and `make test` each create/refresh .venv and install what they need.
+# `make demo` and `make test` each create/refresh .venv and install exactly the versions in requirements.lock
+# (the set CI passed with); `make lock` re-resolves pyproject.toml's ranges and rewrites the lock.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch/torchvision pinned to a matching pair (see ../shared/ENVIRONMENT.md): PyPI's torchvision must match torch.
+LOCK := requirements.lock
+PIP_PIN := pip==26.3
+# torch/torchvision must be a matching pair (PyPI's torchvision is built against one torch); the lock holds both
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint typecheck bench lock clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN) -e '.[dev]'
+	$(BIN)/python -m pip install -q $(PIP_PIN)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,6 +30,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check swift_scale tests tools
 	$(BIN)/ruff format --check swift_scale tests tools
+	$(BIN)/mypy swift_scale
+
+typecheck: $(STAMP)
+	$(BIN)/mypy swift_scale
 
 # the quick speed/scale figures (minutes); the accuracy benchmarks are separate, longer commands (README "Results")
 bench: $(STAMP)
@@ -34,6 +42,13 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench/feature_pass.py
 	$(BIN)/python tools/bench/stream_rejection.py
 	$(BIN)/python tools/bench/score_store.py
+
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q $(PIP_PIN)
+	.venv-lock/bin/python -m pip install -q $(TORCH_PIN) -e '.[dev]'
+	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > $(LOCK)
+	rm -rf .venv-lock
 
 clean:
 	rm -rf runs .pytest_cache

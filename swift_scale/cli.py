@@ -77,78 +77,92 @@ def _table(summary: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from swift_scale.config import ConfigError, field_docs, load_config
-    from swift_scale.data.shards import DataError
+def _inspect(path: str) -> None:
+    import numpy as np
 
-    try:
-        if args.command == "config-help":
-            for key, doc in field_docs().items():
-                print(f"{key}\n    {doc}")
-            return 0
-        if args.command == "inspect":
-            import numpy as np
+    from swift_scale.sampler.swift import SwiftSampler
 
-            from swift_scale.sampler.swift import SwiftSampler
+    s = SwiftSampler.load(path)
+    print(s.describe())
+    t = np.linspace(0, 1, 11)
+    phi = np.interp(t, s.knots, s.values)
+    print("φ(T) at T = 0, 0.1, …, 1 (relative to max):", " ".join(f"{v / max(phi.max(), 1e-12):.2f}" for v in phi))
+    store_dir = Path(path).parent / "features"
+    if (store_dir / "meta.json").exists():  # inside a run folder: describe the effect on its data
+        from swift_scale.features.store import FeatureStore
 
-            s = SwiftSampler.load(args.sampler)
-            print(s.describe())
-            t = np.linspace(0, 1, 11)
-            phi = np.interp(t, s.knots, s.values)
-            print("φ(T) at T = 0, 0.1, …, 1 (relative to max):", " ".join(f"{v / max(phi.max(), 1e-12):.2f}" for v in phi))
-            store_dir = Path(args.sampler).parent / "features"
-            if (store_dir / "meta.json").exists():  # inside a run folder: describe the effect on its data
-                from swift_scale.features.store import FeatureStore
+        store = FeatureStore(store_dir)
+        p = s.probs({n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}) * store.num_examples
+        print(f"on the {store.num_examples} training examples of {store_dir.parent}: "
+              f"{np.mean(p < 1e-3):.1%} get near-zero probability (< 0.001 × uniform), "
+              f"{np.mean(p < 0.1):.1%} get < 0.1 × uniform, {np.mean(p > 1):.1%} are sampled more than uniform; "
+              f"max {p.max():.2f} × uniform")
 
-                store = FeatureStore(store_dir)
-                p = s.probs({n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}) * store.num_examples
-                print(f"on the {store.num_examples} training examples of {store_dir.parent}: "
-                      f"{np.mean(p < 1e-3):.1%} get near-zero probability (< 0.001 × uniform), "
-                      f"{np.mean(p < 0.1):.1%} get < 0.1 × uniform, {np.mean(p > 1):.1%} are sampled more than uniform; "
-                      f"max {p.max():.2f} × uniform")
-            return 0
-        if args.command == "report":
-            from swift_scale.report.writer import write_report
 
-            if not (Path(args.run_dir) / "sampler.json").exists():
-                return _fail(f"{args.run_dir}: not a finished run folder (no sampler.json)")
-            print(write_report(args.run_dir))
-            return 0
-        if args.command == "demo":
-            import yaml
+def _demo(args) -> None:
+    import yaml
 
-            from swift_scale.data.writers import write_digits
+    from swift_scale.config import load_config
+    from swift_scale.data.writers import write_digits
 
-            base = yaml.safe_load(resources.files("swift_scale").joinpath("resources/demo.yaml").read_text())
-            data_dir = Path(args.data_dir)
-            patterns = write_digits(data_dir) if not (data_dir / "test-000000.tar").exists() else {
-                s: str(data_dir / f"{s}-{{000000..{len(list(data_dir.glob(f'{s}-*.tar'))) - 1:06d}}}.tar")
-                for s in ("train", "val", "test")}
-            cfg = load_config(None, [f"data.{k}={v}" for k, v in patterns.items()] + list(args.overrides), base=base)
-            _, summary = _run_pipeline(cfg, "report")
-            if summary is not None:
-                print(_table(summary))
-                print(f"run folder: {cfg.run_dir()}  (report: {cfg.run_dir() / 'report' / 'report.md'})")
-            return 0
+    base = yaml.safe_load(resources.files("swift_scale").joinpath("resources/demo.yaml").read_text())
+    data_dir = Path(args.data_dir)
+    patterns = write_digits(data_dir) if not (data_dir / "test-000000.tar").exists() else {
+        s: str(data_dir / f"{s}-{{000000..{len(list(data_dir.glob(f'{s}-*.tar'))) - 1:06d}}}.tar")
+        for s in ("train", "val", "test")}
+    cfg = load_config(None, [f"data.{k}={v}" for k, v in patterns.items()] + list(args.overrides), base=base)
+    _, summary = _run_pipeline(cfg, "report")
+    if summary is not None:
+        print(_table(summary))
+        print(f"run folder: {cfg.run_dir()}  (report: {cfg.run_dir() / 'report' / 'report.md'})")
+
+
+def _command(args) -> None:
+    from swift_scale.config import field_docs, load_config
+
+    if args.command == "config-help":
+        for key, doc in field_docs().items():
+            print(f"{key}\n    {doc}")
+    elif args.command == "inspect":
+        _inspect(args.sampler)
+    elif args.command == "report":
+        from swift_scale.report.writer import write_report
+
+        if not (Path(args.run_dir) / "sampler.json").is_file():
+            raise ValueError(f"{args.run_dir}: not a finished run folder (no sampler.json)")
+        print(write_report(args.run_dir))
+    elif args.command == "demo":
+        _demo(args)
+    else:
         cfg = load_config(args.config, args.overrides)
         until = {"run": "report", "index": "index", "features": "features", "search": "search", "train": "final"}
         _, summary = _run_pipeline(cfg, until[args.command], getattr(args, "sampler", None))
         if summary is not None and args.command in ("run", "train"):
             print(_table(summary))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        _command(args)
         return 0
-    except (ConfigError, DataError) as e:
-        return _fail(str(e))
-    except FileNotFoundError as e:
-        return _fail(str(e))
     except ValueError as e:
-        # model factory, sampler schema and similar user-facing checks raise ValueError with one line
-        return _fail(str(e).splitlines()[0])
+        # ConfigError, DataError, FileError and the other user-facing checks: one line naming the field or file
+        return _fail(_first_line(e))
+    except OSError as e:  # a folder where a file should be, permissions, a full disk, …: name the file
+        if e.filename is None:
+            return _fail(_first_line(e))
+        return _fail(f"{e.filename}: {e.strerror or type(e).__name__}")
     except RuntimeError as e:  # e.g. every search trial failed: not a usage error, but still one clear line
-        print(f"swift-scale: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"swift-scale: error: {_first_line(e)}", file=sys.stderr)
         return 1
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

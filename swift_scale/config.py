@@ -58,7 +58,10 @@ class DataConfig:
     num_classes: int = 0
     """Number of classes; 0 = infer as max label + 1 over train/val/test."""
     noise_rate: float = 0.0
-    """Fraction of training labels flipped to a different random class (symmetric noise), in [0, 1)."""
+    """Fraction of training labels flipped (see ``noise_kind``), in [0, 1); the flipped ids are recorded."""
+    noise_kind: str = "symmetric"
+    """Label noise: ``symmetric`` (a flipped label moves to a uniformly chosen other class) or ``pair``
+    (class-conditional pair flips c → c + 1 mod C)."""
     noise_seed: int = 0
     """Seed of the noise (0 = use the top-level ``seed``); the flipped ids are saved in ``noise.json``."""
     on_error: str = "skip"
@@ -207,6 +210,8 @@ class Config:
         for split in ("train", "val", "test"):
             need(bool(getattr(self.data, split)), f"data.{split}", "is empty; give a shard pattern or hf:DIR")
         need(0 <= self.data.noise_rate < 1, "data.noise_rate", f"must be in [0, 1), got {self.data.noise_rate}")
+        need(self.data.noise_kind in ("symmetric", "pair"), "data.noise_kind",
+             f"must be symmetric or pair, got {self.data.noise_kind!r}")
         need(self.data.on_error in ("skip", "fail"), "data.on_error",
              f"must be skip or fail, got {self.data.on_error!r}")
         need(self.data.task in ("classification", "lm"), "data.task",
@@ -277,8 +282,6 @@ class Config:
                                 ("search.raw_samples", self.search.raw_samples, 1 << 20)):
             need(value <= top, key, f"{value} is beyond any sensible run (at most {top}); check the value")
         need(self.data.oversample <= 1000, "data.oversample", f"must be <= 1000, got {self.data.oversample}")
-        need(self.train.lr < 10 and self.search.lr < 10, "train.lr" if self.train.lr >= 10 else "search.lr",
-             "must be < 10 (a learning rate that large only diverges)")
         return self
 
 

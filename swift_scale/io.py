@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl", "fsync_dir"]
+__all__ = ["atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl", "fsync_dir", "FileError", "read_json",
+           "load_state_dict", "save_state_dict"]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -99,3 +100,54 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{path}: line {i + 1} is not a JSON object; delete that line to continue")
         out.append(rec)
     return out
+
+
+class FileError(ValueError):
+    """A file the user can fix (missing, unreadable, corrupt, of the wrong kind); one line naming it."""
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """Parse a JSON file; :class:`FileError` naming the file and ``fix`` when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(f"{path}: {'is a directory, not a file' if path.is_dir() else 'does not exist'}; {fix}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FileError(f"{path}: not valid JSON ({type(e).__name__}); {fix}") from None
+
+
+def load_state_dict(path: str | os.PathLike, *, name: str, fix: str) -> dict:
+    """A ``state_dict`` of tensors saved with ``torch.save``, loaded safely (``weights_only=True``: a pickle
+    that would run code is refused). A ``{"state_dict": ...}`` wrapper is unwrapped. :class:`FileError`
+    ``"{name}: {path} ...; {fix}"`` for a missing file, a folder, garbage, or anything but a tensor mapping."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(f"{name}: {path} {'is a directory' if path.is_dir() else 'does not exist'}; {fix}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for garbage, truncation and refused pickles
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise FileError(f"{name}: {path} is not a readable weights file ({type(e).__name__}: {reason}); {fix}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise FileError(f"{name}: {path} holds a {type(obj).__name__}, not a state_dict of tensors; {fix}")
+    return obj
+
+
+def save_state_dict(path: str | os.PathLike, state: dict) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsynced, then ``os.replace``d into place."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

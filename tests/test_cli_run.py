@@ -1,4 +1,4 @@
-"""The real CLI end to end on a tiny config, checking every file of DESIGN §4."""
+"""The real CLI end to end on a tiny config, checking every file of docs/design.md §4."""
 
 import json
 import re

@@ -20,7 +20,7 @@ SHARD_COUNTS = [5, 50, 500]  # uneven on purpose: fewer shards than ranks × wor
 
 
 def _data():
-    from swift_scale.train.loop import Split
+    from swift_scale.data.splits import Split
 
     g = torch.Generator().manual_seed(0)
     n = sum(SHARD_COUNTS)
@@ -32,14 +32,16 @@ def _data():
 def _features_worker(out_dir):
     from accelerate import Accelerator
 
-    from swift_scale.train.loop import extract_features
+    from swift_scale.features.extract import extract_features
     from swift_scale.train.models import create_model
+    from swift_scale.train.tasks import CLASSIFICATION
 
     acc = Accelerator(cpu=True)
     torch.manual_seed(0)
     model = acc.prepare(create_model("swift_cnn", num_classes=10))
     offsets = np.concatenate([[0], np.cumsum(SHARD_COUNTS)[:-1]]).tolist()
-    extract_features(acc, model, _data(), Path(out_dir), offsets, SHARD_COUNTS, batch_size=64, progress=False)
+    extract_features(acc, model, _data(), Path(out_dir), offsets, SHARD_COUNTS, CLASSIFICATION, batch_size=64,
+                     progress=False)
     acc.wait_for_everyone()
     acc.end_training()
 
@@ -47,7 +49,7 @@ def _features_worker(out_dir):
 def _train_worker(out_dir):
     from accelerate import Accelerator
 
-    from swift_scale.train.loop import train_model
+    from swift_scale.train.loop import TrainSpec, train_model
     from swift_scale.train.models import create_model
 
     acc = Accelerator(cpu=True)
@@ -56,8 +58,7 @@ def _train_worker(out_dir):
     steps = []
     model.register_forward_hook(lambda *_: steps.append(1) if model.training else None)
     p = np.random.default_rng(0).random(sum(SHARD_COUNTS)) ** 4  # very uneven probabilities
-    train_model(acc, model, _data(), probs=p / p.sum(), epochs=2, batch_size=48, lr=1e-3, weight_decay=0.0,
-                seed=0, progress=False)
+    train_model(acc, model, _data(), probs=p / p.sum(), spec=TrainSpec(2, 48, 1e-3), progress=False)
     Path(out_dir, f"steps-{acc.process_index}.json").write_text(json.dumps(len(steps)))
     acc.wait_for_everyone()
     acc.end_training()
@@ -82,18 +83,20 @@ def write_uneven_shards(root: Path) -> str:
     return str(root / "u-{000000..000002}.tar")
 
 
-def _stream_split(pattern, **kw):
+def _stream_split(pattern, noise_rate=0.0):
+    from swift_scale.data.noise import NoisePlan
     from swift_scale.data.shards import build_index, expand_shards
-    from swift_scale.data.stream import StreamingSplit
+    from swift_scale.data.stream import StreamingSplit, StreamOptions
 
-    return StreamingSplit(build_index(expand_shards(pattern)), num_classes=10, seed=0, shuffle_buffer=64,
-                          num_workers=2, on_error="fail", **kw)
+    index = build_index(expand_shards(pattern))
+    opts = StreamOptions(num_classes=10, seed=0, shuffle_buffer=64, num_workers=2, on_error="fail")
+    return StreamingSplit(index, opts, NoisePlan.make(index.total, noise_rate, 10, 0))
 
 
 def _stream_train_worker(out_dir):
     from accelerate import Accelerator
 
-    from swift_scale.train.loop import train_model
+    from swift_scale.train.loop import TrainSpec, train_model
     from swift_scale.train.models import create_model
 
     acc = Accelerator(cpu=True)
@@ -103,8 +106,7 @@ def _stream_train_worker(out_dir):
     model.register_forward_hook(lambda *_: steps.append(1) if model.training else None)
     p = np.random.default_rng(0).random(sum(SHARD_COUNTS)) ** 4
     split = _stream_split(str(Path(out_dir) / "shards" / "u-{000000..000002}.tar"), noise_rate=0.4)
-    train_model(acc, model, split, probs=p / p.sum(), epochs=2, batch_size=48, lr=1e-3, weight_decay=0.0,
-                seed=0, progress=False)
+    train_model(acc, model, split, probs=p / p.sum(), spec=TrainSpec(2, 48, 1e-3), progress=False)
     Path(out_dir, f"steps-{acc.process_index}.json").write_text(json.dumps(len(steps)))
     acc.wait_for_everyone()
     acc.end_training()
@@ -113,15 +115,16 @@ def _stream_train_worker(out_dir):
 def _stream_features_worker(out_dir):
     from accelerate import Accelerator
 
-    from swift_scale.train.loop import extract_features
+    from swift_scale.features.extract import extract_features
     from swift_scale.train.models import create_model
+    from swift_scale.train.tasks import CLASSIFICATION
 
     acc = Accelerator(cpu=True)
     torch.manual_seed(0)
     model = acc.prepare(create_model("swift_cnn", num_classes=10))
     split = _stream_split(str(Path(out_dir).parent / "shards" / "u-{000000..000002}.tar"))
-    extract_features(acc, model, split, Path(out_dir), split.index.offsets, split.index.counts, batch_size=64,
-                     progress=False)
+    extract_features(acc, model, split, Path(out_dir), split.index.offsets, split.index.counts, CLASSIFICATION,
+                     batch_size=64, progress=False)
     acc.wait_for_everyone()
     acc.end_training()
 

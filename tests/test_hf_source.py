@@ -93,16 +93,16 @@ def hf_stream_files(hf_digits, tmp_path_factory):
 def test_streaming_hf_index_and_rows_match_the_map_style_dataset(hf_digits, hf_stream_files):
     """Every builder streams the rows in stored order with global id = file offset + row (checked against the
     map-style dataset), images kept raw until decoded."""
-    from swift_scale.data.hf import load_hf_split
-    from swift_scale.data.stream import StreamingSplit, hf_stream_index
+    from swift_scale.data.hf import hf_stream_index, load_hf_split
+    from swift_scale.data.stream import StreamingSplit, StreamOptions
 
     clean = load_hf_split(f"hf:{hf_digits / 'digits'}#train")
     for ref, image_key, counts in [(f"hf:arrow:{hf_stream_files / 'arrow'}", "image", [400, 400, 400]),
                                    (f"hf:json:{hf_stream_files / 'json'}/*.jsonl", "pixels", [7, 493, 700])]:
         index = hf_stream_index(ref)
         assert index.counts == counts
-        split = StreamingSplit(index, image_key=image_key, label_key="label", num_classes=10)
-        got = [b for s in range(len(index.urls)) for b in split.shard_batches(s, 256)]
+        split = StreamingSplit(index, StreamOptions(image_key=image_key, label_key="label", num_classes=10))
+        got = [b for s in range(len(index.urls)) for b in split.feature_batches(s, 0, 0, 256)]
         gids = np.concatenate([g.numpy() for _, _, g in got])
         assert gids.tolist() == list(range(1200))
         assert np.array_equal(np.concatenate([x.numpy() for x, _, _ in got]), clean.images)
@@ -114,11 +114,12 @@ def test_streaming_hf_kept_set_is_the_same_for_world_1_2_4(hf_stream_files, work
     """Streaming from a ``datasets.IterableDataset`` inside DataLoader workers: the delivered set of a sampled
     pass is identical for world 1/2/4 and workers 0/2, every rank gets the same step count, and each worker
     reads only its own rows (``IterableDataset.iter`` does not re-shard itself over the workers)."""
-    from swift_scale.data.stream import StreamingSplit, hf_stream_index
+    from swift_scale.data.hf import hf_stream_index
+    from swift_scale.data.stream import StreamingSplit, StreamOptions
 
     index = hf_stream_index(f"hf:json:{hf_stream_files / 'json'}/*.jsonl")
-    split = StreamingSplit(index, image_key="pixels", label_key="label", num_classes=10, seed=3,
-                           shuffle_buffer=64, num_workers=workers)
+    split = StreamingSplit(index, StreamOptions(image_key="pixels", label_key="label", num_classes=10, seed=3,
+                                                shuffle_buffer=64, num_workers=workers))
     p = np.random.default_rng(0).random(1200) + 0.05
     plan = split.plan(p / p.sum(), 1)
     sets = []

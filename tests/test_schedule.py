@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from swift_scale.train.loop import Split, train_model
+from swift_scale.data.splits import Split
+from swift_scale.train.loop import Checkpoints, TrainSpec, train_model
 from swift_scale.train.models import create_model
 
 
@@ -28,8 +29,8 @@ def _train(schedule, ckpt=None, stop_after=None):
         return {}
 
     acc = Accelerator(cpu=True)
-    train_model(acc, model, data, probs=None, epochs=3, batch_size=32, lr=0.05, weight_decay=0.0, seed=0,
-                ckpt_dir=ckpt, progress=False, schedule=schedule, on_epoch=on_epoch)
+    train_model(acc, model, data, probs=None, spec=TrainSpec(3, 32, 0.05, schedule=schedule),
+                checkpoints=Checkpoints(ckpt) if ckpt else None, progress=False, on_epoch=on_epoch)
     return {k: v.detach().clone() for k, v in acc.unwrap_model(model).state_dict().items()}
 
 

@@ -8,7 +8,7 @@ from swift_scale.sampler import UNIFORM_THETA
 from swift_scale.search import SearchEngine
 
 TARGET = np.linspace(0.15, 0.85, 10)
-SMOKE = {"num_restarts": 2, "raw_samples": 64}
+SMOKE = {"num_restarts": 2, "raw_samples": 64, "initial": [UNIFORM_THETA]}
 
 
 def objective(x):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from swift_scale.data.noise import NoisePlan
 from swift_scale.data.shards import build_index, expand_shards
-from swift_scale.data.stream import StreamingSplit
+from swift_scale.data.stream import StreamingSplit, StreamOptions
 from tests.conftest import TINY, cli
 
 
@@ -15,9 +16,9 @@ from tests.conftest import TINY, cli
 def split_factory(digits_shards):
     index = build_index(expand_shards(digits_shards["train"]))
 
-    def make(**kw):
-        opts = dict(num_classes=10, seed=3, shuffle_buffer=50, on_error="fail", noise_rate=0.4) | kw
-        return StreamingSplit(index, **opts)
+    def make(noise_rate=0.4, **kw):
+        opts = StreamOptions(**(dict(num_classes=10, seed=3, shuffle_buffer=50, on_error="fail") | kw))
+        return StreamingSplit(index, opts, NoisePlan.make(index.total, noise_rate, 10, 3))
 
     return make
 
@@ -89,7 +90,7 @@ def test_uniform_pass_reads_everything_and_noise_matches_indexed_mode(split_fact
 def test_mid_epoch_checkpoint_resumes_to_identical_weights(split_factory, tmp_path):
     from accelerate import Accelerator
 
-    from swift_scale.train.loop import train_model
+    from swift_scale.train.loop import Checkpoints, TrainSpec, train_model
     from swift_scale.train.models import create_model
 
     class Boom(Exception):
@@ -107,13 +108,13 @@ def test_mid_epoch_checkpoint_resumes_to_identical_weights(split_factory, tmp_pa
         torch.manual_seed(0)
         model = create_model("swift_cnn", 10, 1, width=4)
         acc = Accelerator(cpu=True)
-        train_model(acc, model, split, probs=None, epochs=2, batch_size=32, lr=1e-2, weight_decay=0.0, seed=0,
-                    ckpt_dir=ckpt, progress=False, checkpoint_steps=3)
+        train_model(acc, model, split, probs=None, spec=TrainSpec(2, 32, 1e-2),
+                    checkpoints=Checkpoints(ckpt, every_steps=3) if ckpt else None, progress=False)
         return acc.unwrap_model(model).state_dict()
 
     ref = run(split_factory(), None)
     base = split_factory()
-    dying = Dying(base.index, num_classes=10, seed=3, shuffle_buffer=50, on_error="fail", noise_rate=0.4)
+    dying = Dying(base.index, base.opts, base.noise)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     with pytest.raises(Boom):
@@ -152,8 +153,6 @@ def test_streaming_config_errors(tmp_path, digits_shards, extra, needle):
 
 
 def test_online_mode_keeps_b_of_each_window_by_the_frozen_model(split_factory):
-    from swift_scale.train.loop import _epoch_batches
-
     split = split_factory(oversample=2.0)
     seen = []
 
@@ -163,10 +162,11 @@ def test_online_mode_keeps_b_of_each_window_by_the_frozen_model(split_factory):
         mask[np.argsort(gids)[:keep]] = True
         return mask
 
-    steps, batches = _epoch_batches(split, np.ones(len(split)) / len(split), 0, 1, 0, 1, 8, 0, "cpu", online)
+    steps, batches = split.epoch(np.ones(len(split)) / len(split), 0, seed=0, rank=0, world=1, per_rank=8,
+                                 start_step=0, device="cpu", online=online)
     got = list(batches)
     assert len(got) == steps == len(split) // 16  # windows of 2·8 candidates from a uniform pass
-    assert all(len(y) == 8 for _, y in got) and set(seen) == {16}
+    assert all(len(y) == 8 == len(g) for _, y, g in got) and set(seen) == {16}
 
 
 def test_cli_streaming_online_run(tmp_path, digits_shards):
@@ -184,7 +184,7 @@ def test_cli_streaming_online_run(tmp_path, digits_shards):
 def test_plan_counts_kept_ids_per_shard_with_empty_shards():
     from swift_scale.data.shards import ShardIndex
 
-    split = StreamingSplit(ShardIndex(["a.tar", "b.tar", "c.tar", "d.tar"], [3, 0, 5, 0]), num_classes=2)
+    split = StreamingSplit(ShardIndex(["a.tar", "b.tar", "c.tar", "d.tar"], [3, 0, 5, 0]), StreamOptions(num_classes=2))
     p = np.array([1, 1, 1, 0, 0, 1, 1, 1], dtype=float)
     plan = split.plan(p / p.sum(), 0)
     assert plan.kept_per_shard.tolist() == [int(plan.mask[:3].sum()), 0, int(plan.mask[3:].sum()), 0]
@@ -201,8 +201,8 @@ def test_bad_samples_in_streaming_skip_mode(tmp_path):
     path = tmp_path / "c-000000.tar"
     _corrupt_shard(path)
     index = build_index([str(path)])
-    split = StreamingSplit(index, num_classes=10, on_error="skip", sample_shape=(1, 4, 4))
-    got = list(split.shard_batches(0, 4))
+    split = StreamingSplit(index, StreamOptions(num_classes=10, on_error="skip", sample_shape=(1, 4, 4)))
+    got = list(split.feature_batches(0, 0, 0, 4))
     assert torch.cat([g for _, _, g in got]).tolist() == list(range(6))
     skipped = split.take_skipped()
     assert [(e["id"], e["key"]) for e in skipped] == [(1, "badpng"), (2, "nolabel"), (3, "shape"), (4, "label")]
@@ -211,6 +211,6 @@ def test_bad_samples_in_streaming_skip_mode(tmp_path):
     plan = split.plan(None, 0)
     batches = [g.tolist() for _, _, g in split.loader(plan, 0, 0, 1, 3)]
     assert len(batches) == split.steps(plan, 1, 3) == 2 and sorted(sum(batches, [])) == [0, 5]
-    strict = StreamingSplit(index, num_classes=10, on_error="fail", sample_shape=(1, 4, 4))
+    strict = StreamingSplit(index, StreamOptions(num_classes=10, on_error="fail", sample_shape=(1, 4, 4)))
     with pytest.raises(DataError, match="'badpng' cannot be decoded.*data.on_error=skip"):
-        list(strict.shard_batches(0, 4))
+        list(strict.feature_batches(0, 0, 0, 4))

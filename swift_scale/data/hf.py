@@ -9,16 +9,23 @@ A split is named in the config as
 
 Rows are grouped into virtual shards of ``rows_per_shard`` consecutive rows, so the features pass splits the
 work over ranks exactly as for WebDataset shards (ordinal mod world size), with per-shard completion markers.
+
+Streaming mode (``data.mode=streaming`` over ``hf:BUILDER:FILES``) reads the files as a
+``datasets.IterableDataset`` with one shard per file: :func:`hf_stream_files`, :func:`hf_stream_open`,
+:func:`hf_shard_rows` and :class:`HFStreamCounter` are the adapters :class:`~swift_scale.data.stream.StreamingSplit`
+reads through.
 """
 
 from __future__ import annotations
 
 import os
 
+from swift_scale.config import HF_STREAM_BUILDERS
 from swift_scale.data.decode import DataError, LoadedSplit, decode_split
 from swift_scale.data.shards import ShardIndex
 
-__all__ = ["is_hf", "open_hf", "hf_index", "load_hf_split"]
+__all__ = ["is_hf", "open_hf", "hf_index", "load_hf_split", "pick_column", "hf_stream_files", "hf_stream_open",
+           "hf_stream_columns", "hf_shard_rows", "HFStreamCounter", "hf_stream_index"]
 
 BUILDERS = ("parquet", "arrow", "csv", "json", "imagefolder", "webdataset")
 
@@ -83,3 +90,97 @@ def load_hf_split(ref: str, *, image_key: str = "image", label_key: str = "label
     rows = ({**row, "__url__": ref, "__key__": str(i)} for i, row in enumerate(ds.select_columns([img_col, lab_col])))
     return decode_split(rows, len(ds), image_key=img_col, label_key=lab_col, in_chans=in_chans,
                         image_size=image_size, on_error=on_error, field=field, source=ref)
+
+
+# -- streaming: one HF shard per data file ------------------------------------------------------------------
+def hf_stream_files(ref: str, field: str = "data.train") -> list[str]:
+    """The shard urls ``hf:BUILDER:FILE`` of a streaming HF source, one per data file, sorted."""
+    import glob
+
+    _, builder, pattern = ref.split(":", 2)
+    if builder not in HF_STREAM_BUILDERS:
+        raise DataError(f"{field}: streaming reads hf:BUILDER:FILES with BUILDER one of "
+                        f"{', '.join(HF_STREAM_BUILDERS)}, got {builder!r}")
+    if os.path.isdir(pattern):  # e.g. a save_to_disk folder: its data files, not state.json
+        ext = {"parquet": ".parquet", "arrow": ".arrow", "json": (".json", ".jsonl"), "csv": ".csv"}[builder]
+        files = sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.endswith(ext))
+    elif any(c in pattern for c in "*?["):
+        files = sorted(glob.glob(pattern))
+    else:
+        files = [pattern]
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        raise DataError(f"{field}: {pattern} names no {builder} files")
+    return [f"hf:{builder}:{f}" for f in files]
+
+
+def hf_stream_open(urls: list[str], field: str = "data.train"):
+    """The ``datasets.IterableDataset`` (``load_dataset(BUILDER, data_files=..., streaming=True)``) over a split's
+    files, one HF shard per file; ``Image`` columns are cast to ``decode=False`` so rows stay raw until kept."""
+    import datasets
+
+    builder = urls[0].split(":")[1]
+    files = [u.split(":", 2)[2] for u in urls]
+    try:
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+    except Exception as e:  # datasets raises many types; name the source and the reason
+        raise DataError(f"{field}: cannot stream {builder} files {files[0]}… "
+                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if ds.num_shards != len(files):
+        raise DataError(f"{field}: datasets made {ds.num_shards} shards of {len(files)} {builder} files; "
+                        f"streaming needs one per file")
+    for name, feature in (ds.features or {}).items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+    return ds
+
+
+def hf_stream_columns(ds) -> list[str]:
+    """Column names of a streaming dataset (from its features, else from its first row)."""
+    return list(ds.features) if ds.features else list(next(iter(ds)).keys())
+
+
+def hf_shard_rows(ds, shard: int, columns: list[str], url: str):
+    """The rows of HF shard ``shard`` (= one data file) in stored order: ``split_dataset_by_node`` with one "node"
+    per shard, iterated with ``IterableDataset.iter`` — which, unlike ``iter(ds)``, does not re-shard itself over
+    DataLoader workers, so the rank/worker ranges computed by :class:`StreamingSplit` hold."""
+    from datasets.distributed import split_dataset_by_node
+
+    part = split_dataset_by_node(ds.select_columns(columns), rank=shard, world_size=ds.num_shards)
+    pos = 0
+    for table in part.with_format("arrow").iter(batch_size=256):
+        for row in table.to_pylist():
+            row["__url__"], row["__key__"] = url, str(pos)
+            pos += 1
+            yield row
+
+
+class HFStreamCounter:
+    """Rows per file of a streaming HF source: parquet from the footers (no data read), other builders by
+    reading one column of the shard. Callable on a shard ordinal, for the parallel index pass."""
+
+    def __init__(self, urls: list[str], field: str = "data.train"):
+        self.urls, self.field, self._ds = urls, field, None
+
+    def __call__(self, i: int) -> int:
+        url = self.urls[i]
+        path = url.split(":", 2)[2]
+        try:
+            if url.startswith("hf:parquet:"):
+                import pyarrow.parquet as pq
+
+                return pq.ParquetFile(path).metadata.num_rows
+            if self._ds is None:
+                self._ds = hf_stream_open(self.urls, self.field)
+            return sum(1 for _ in hf_shard_rows(self._ds, i, hf_stream_columns(self._ds)[:1], url))
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{path}: not a readable {url.split(':')[1]} file ({type(e).__name__}: {e})") from None
+
+
+def hf_stream_index(ref: str, field: str = "data.train") -> ShardIndex:
+    """The shard table of ``hf:BUILDER:FILES`` for streaming (one process; the pipeline counts in parallel)."""
+    urls = hf_stream_files(ref, field)
+    count = HFStreamCounter(urls, field)
+    return ShardIndex(urls, [count(i) for i in range(len(urls))])

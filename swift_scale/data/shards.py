@@ -1,7 +1,7 @@
 """WebDataset shards: expansion, the shard table (global ids), and loading a split into memory.
 
 Global id of a sample = offset[shard] + its position in the shard, where shards keep the order of the
-pattern and offset is the cumulative sample count (DESIGN §2). The table is O(#shards) and is cached in the
+pattern and offset is the cumulative sample count (docs/design.md §2). The table is O(#shards) and is cached in the
 run folder as ``index.json``.
 """
 
@@ -23,7 +23,9 @@ __all__ = ["DataError", "ShardIndex", "LoadedSplit", "expand_shards", "build_ind
 
 
 def expand_shards(pattern: str, *, allow_pipe: bool = False, field: str = "data") -> list[str]:
-    """Expand a brace pattern (``train-{000000..000009}.tar``; several patterns separated by ``::``)."""
+    """Expand a brace pattern (``train-{000000..000009}.tar``; several patterns separated by ``::``) and check
+    the shards: local ones must be readable files, ``pipe:`` needs ``allow_pipe``, and the first ``http(s)://``
+    shard must answer within seconds (instead of webdataset's minute of curl retries when offline)."""
     urls = expand_urls(pattern)
     if not urls:
         raise DataError(f"{field}: pattern {pattern!r} names no shards")
@@ -31,10 +33,35 @@ def expand_shards(pattern: str, *, allow_pipe: bool = False, field: str = "data"
         if url.startswith("pipe:") and not allow_pipe:
             raise DataError(f"{field}: {url!r} is a pipe: URL, which runs a shell command; "
                             "set data.allow_pipe=true only if you trust this config")
-        local = url[len("file:"):] if url.startswith("file:") else url
-        if "://" not in url and not url.startswith("pipe:") and not os.path.exists(local):
+        local = local_path(url)
+        if local is None:
+            continue
+        if not os.path.exists(local):
             raise DataError(f"{field}: shard {local} does not exist; check the pattern or write the shards first")
+        if not os.path.isfile(local):
+            raise DataError(f"{field}: shard {local} is a directory, not a tar file; check the pattern")
+        if not os.access(local, os.R_OK):
+            raise DataError(f"{field}: shard {local} is not readable (permission denied)")
+    remote = next((u for u in urls if u.startswith(("http://", "https://"))), None)
+    if remote is not None:
+        check_reachable(remote, field)
     return urls
+
+
+def check_reachable(url: str, field: str, timeout: float = 10.0) -> None:
+    """DataError naming ``url`` unless an HTTP HEAD request to it is answered within ``timeout`` seconds."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code in (403, 404, 410):
+            raise DataError(f"{field}: {url} answered HTTP {e.code}; check the address") from None
+        # other statuses (405: HEAD not allowed, …): the server is there; the reader will tell
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(f"{field}: cannot reach {url} ({reason}); check the address and the network") from None
 
 
 @dataclass
@@ -147,10 +174,15 @@ def tar_samples(path: str, want=None):
 
 
 def local_path(url: str) -> str | None:
-    """The file a shard url names, or None for remote (``scheme://``) and ``pipe:`` urls."""
+    """The file a shard url names (a path, ``file:PATH`` or ``file://PATH``), or None for remote
+    (``scheme://``) and ``pipe:`` urls."""
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    if url.startswith("file:"):
+        return url[len("file:"):]
     if "://" in url or url.startswith("pipe:"):
         return None
-    return url[len("file:"):] if url.startswith("file:") else url
+    return url
 
 
 def raw_samples(url: str):

@@ -5,7 +5,7 @@ For data that does not fit in memory (``data.mode=streaming``). One *pass* over 
 
 1. The shard order is a permutation drawn from (seed, pass). The *kept sequence* is every kept id, in that
    shard order and in stored order inside a shard. Uniform passes keep every id. Sampled passes keep exactly
-   K = round(N / oversample) ids ∝ p, by race keys (:func:`swift_scale.sampler.select.keep_set`). That is the
+   K = round(N / oversample) ids ∝ p, by race keys (:func:`swift_scale.selection.keep_set`). That is the
    streaming-rejection rule "take ``oversample``·B candidates, keep B". The kept *set* depends only on
    (seed, pass, p), whatever the world size or worker count.
 2. Every rank takes an equal contiguous range of L = ⌊K / (world·b)⌋·b kept positions (b = per-rank batch), so
@@ -25,14 +25,13 @@ The rank-split iterable is never passed through ``accelerator.prepare`` (that wo
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.utils.data
 
-from swift_scale.config import HF_STREAM_BUILDERS
 from swift_scale.data.decode import (
     BadSample,
     BadSamplePolicy,
@@ -41,104 +40,52 @@ from swift_scale.data.decode import (
     decode_sample,
     images_to_input,
 )
-from swift_scale.data.noise import noise_plan
+from swift_scale.data.hf import hf_shard_rows, hf_stream_open
+from swift_scale.data.noise import NoisePlan
 from swift_scale.data.shards import ShardIndex, local_path, raw_samples, tar_samples
 from swift_scale.rng import generator, stream_id
+from swift_scale.selection import keep_set
 
-__all__ = ["StreamingSplit", "PassPlan", "hf_stream_index", "hf_stream_open"]
+__all__ = ["StreamingSplit", "StreamOptions", "PassPlan", "kept_raw", "shuffled", "batches_after"]
 
-
-def hf_stream_files(ref: str, field: str = "data.train") -> list[str]:
-    """The shard urls ``hf:BUILDER:FILE`` of a streaming HF source, one per data file, sorted."""
-    import glob
-
-    _, builder, pattern = ref.split(":", 2)
-    if builder not in HF_STREAM_BUILDERS:
-        raise DataError(f"{field}: streaming reads hf:BUILDER:FILES with BUILDER one of "
-                        f"{', '.join(HF_STREAM_BUILDERS)}, got {builder!r}")
-    if os.path.isdir(pattern):  # e.g. a save_to_disk folder: its data files, not state.json
-        ext = {"parquet": ".parquet", "arrow": ".arrow", "json": (".json", ".jsonl"), "csv": ".csv"}[builder]
-        files = sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.endswith(ext))
-    elif any(c in pattern for c in "*?["):
-        files = sorted(glob.glob(pattern))
-    else:
-        files = [pattern]
-    files = [f for f in files if os.path.isfile(f)]
-    if not files:
-        raise DataError(f"{field}: {pattern} names no {builder} files")
-    return [f"hf:{builder}:{f}" for f in files]
+Raw = tuple[int, dict]  # (global id, raw undecoded sample)
 
 
-def hf_stream_open(urls: list[str], field: str = "data.train"):
-    """The ``datasets.IterableDataset`` (``load_dataset(BUILDER, data_files=..., streaming=True)``) over a split's
-    files, one HF shard per file; ``Image`` columns are cast to ``decode=False`` so rows stay raw until kept."""
-    import datasets
+@dataclass(frozen=True)
+class StreamOptions:
+    """How a :class:`StreamingSplit` reads and decodes (the ``data.*`` and ``model.*`` settings it needs).
 
-    builder = urls[0].split(":")[1]
-    files = [u.split(":", 2)[2] for u in urls]
-    try:
-        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
-    except Exception as e:  # datasets raises many types; name the source and the reason
-        raise DataError(f"{field}: cannot stream {builder} files {files[0]}… "
-                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if ds.num_shards != len(files):
-        raise DataError(f"{field}: datasets made {ds.num_shards} shards of {len(files)} {builder} files; "
-                        f"streaming needs one per file")
-    for name, feature in (ds.features or {}).items():
-        if isinstance(feature, datasets.Image):
-            ds = ds.cast_column(name, datasets.Image(decode=False))
-    return ds
+    Attributes:
+        image_key, label_key: sample fields (tar member suffixes, or HF columns).
+        in_chans, image_size: decoding as :func:`~swift_scale.data.decode.decode_sample` (0 = stored size).
+        num_classes: labels must lie in [0, num_classes).
+        seed: the run's seed (shard order, kept sets, shuffle buffers).
+        oversample: candidates per kept sample in sampled passes (2 = keep half).
+        shuffle_buffer: raw samples held per worker for shuffling (0 = stored order).
+        num_workers: DataLoader worker processes per rank.
+        on_error: ``fail`` (DataError naming the shard and key) or ``skip``: a bad sample is left out of its
+            batch (one sample short; the step still happens on every rank) and recorded with its id; the
+            features pass records every bad id, and the pipeline gives them probability 0.
+        sample_shape: the [C, H, W] every image must have (from val/test); others are bad samples.
+    """
 
+    image_key: str = "png"
+    label_key: str = "cls"
+    in_chans: int = 1
+    image_size: int = 0
+    num_classes: int = 0
+    seed: int = 0
+    oversample: float = 2.0
+    shuffle_buffer: int = 0
+    num_workers: int = 0
+    on_error: str = "fail"
+    sample_shape: tuple[int, ...] | None = None
 
-def hf_stream_columns(ds) -> list[str]:
-    """Column names of a streaming dataset (from its features, else from its first row)."""
-    return list(ds.features) if ds.features else list(next(iter(ds)).keys())
-
-
-def hf_shard_rows(ds, shard: int, columns: list[str], url: str):
-    """The rows of HF shard ``shard`` (= one data file) in stored order: ``split_dataset_by_node`` with one "node"
-    per shard, iterated with ``IterableDataset.iter`` — which, unlike ``iter(ds)``, does not re-shard itself over
-    DataLoader workers, so the rank/worker ranges computed by :class:`StreamingSplit` hold."""
-    from datasets.distributed import split_dataset_by_node
-
-    part = split_dataset_by_node(ds.select_columns(columns), rank=shard, world_size=ds.num_shards)
-    pos = 0
-    for table in part.with_format("arrow").iter(batch_size=256):
-        for row in table.to_pylist():
-            row["__url__"], row["__key__"] = url, str(pos)
-            pos += 1
-            yield row
-
-
-class HFStreamCounter:
-    """Rows per file of a streaming HF source: parquet from the footers (no data read), other builders by
-    reading one column of the shard. Callable on a shard ordinal, for the parallel index pass."""
-
-    def __init__(self, urls: list[str], field: str = "data.train"):
-        self.urls, self.field, self._ds = urls, field, None
-
-    def __call__(self, i: int) -> int:
-        url = self.urls[i]
-        path = url.split(":", 2)[2]
-        try:
-            if url.startswith("hf:parquet:"):
-                import pyarrow.parquet as pq
-
-                return pq.ParquetFile(path).metadata.num_rows
-            if self._ds is None:
-                self._ds = hf_stream_open(self.urls, self.field)
-            return sum(1 for _ in hf_shard_rows(self._ds, i, hf_stream_columns(self._ds)[:1], url))
-        except DataError:
-            raise
-        except Exception as e:
-            raise DataError(f"{path}: not a readable {url.split(':')[1]} file ({type(e).__name__}: {e})") from None
-
-
-def hf_stream_index(ref: str, field: str = "data.train") -> ShardIndex:
-    """The shard table of ``hf:BUILDER:FILES`` for streaming (one process; the pipeline counts in parallel)."""
-    urls = hf_stream_files(ref, field)
-    count = HFStreamCounter(urls, field)
-    return ShardIndex(urls, [count(i) for i in range(len(urls))])
+    def __post_init__(self):
+        if self.oversample < 1:
+            raise ValueError(f"data.oversample must be >= 1 (candidates per kept sample), got {self.oversample}")
+        if self.on_error not in ("skip", "fail"):
+            raise ValueError(f"on_error must be 'skip' or 'fail', got {self.on_error!r}")
 
 
 _SHARDS = stream_id("shard-order")
@@ -169,61 +116,50 @@ class PassPlan:
 
 
 class StreamingSplit:
-    """A training split read from WebDataset shards every pass (global id = shard offset + position).
+    """A training split read from its shards every pass (global id = shard offset + position).
 
-    Shards may also be the files of a Hugging Face dataset (urls ``hf:BUILDER:FILE`` for parquet, arrow, json or
-    csv, see :func:`hf_stream_index`), streamed as a ``datasets.IterableDataset``; a row's global id is the
-    file's offset + its row number.
+    Shards may be WebDataset tars (local ones read header by header) or the files of a Hugging Face dataset
+    (urls ``hf:BUILDER:FILE`` for parquet, arrow, json or csv, see :func:`~swift_scale.data.hf.hf_stream_index`),
+    streamed as a ``datasets.IterableDataset``; a row's global id is the file's offset + its row number.
+    Implements the :class:`~swift_scale.data.splits.TrainingSource` protocol.
 
     Args:
         index: the split's shard table.
-        image_key, label_key, in_chans, image_size: as for :func:`~swift_scale.data.shards.load_split`.
-        num_classes: needed for label noise.
-        noise_rate, noise_seed: symmetric noise decided by id (the same ids and classes as the indexed mode).
-        seed: the run's seed (shard order, kept sets, shuffle buffers).
-        oversample: candidates per kept sample in sampled passes (2 = keep half).
-        shuffle_buffer: raw samples held per worker for shuffling (0 = stored order).
-        num_workers: DataLoader worker processes per rank.
-        on_error: ``fail`` (DataError naming the shard and key) or ``skip``: a bad sample is left out of its
-            batch (one sample short; the step still happens on every rank) and recorded by :attr:`bad`; the
-            features pass records every bad id, and the pipeline gives them probability 0.
-        sample_shape: the [C, H, W] every image must have (from val/test); others are bad samples.
-        hf_dataset: the already opened :func:`hf_stream_open` of an ``hf:`` source (else opened on first use).
+        options: reading and decoding settings.
+        noise: label noise by id (the same ids and classes as the indexed mode); None for clean labels.
+        hf_dataset: the already opened :func:`~swift_scale.data.hf.hf_stream_open` of an ``hf:`` source (else
+            opened on first use).
     """
 
-    def __init__(self, index: ShardIndex, *, image_key: str = "png", label_key: str = "cls", in_chans: int = 1,
-                 image_size: int = 0, num_classes: int = 0, noise_rate: float = 0.0, noise_seed: int = 0,
-                 seed: int = 0, oversample: float = 2.0, shuffle_buffer: int = 0, num_workers: int = 0,
-                 on_error: str = "fail", sample_shape: tuple[int, ...] | None = None, hf_dataset=None):
+    def __init__(self, index: ShardIndex, options: StreamOptions | None = None, noise: NoisePlan | None = None,
+                 hf_dataset=None):
         if index.total == 0:
             raise DataError("data.train: the split is empty")
-        if oversample < 1:
-            raise ValueError(f"data.oversample must be >= 1 (candidates per kept sample), got {oversample}")
         self.index, self.urls = index, list(index.urls)
+        self.opts = options or StreamOptions()
         self.offsets = np.asarray(index.offsets, dtype=np.int64)
         self.counts = np.asarray(index.counts, dtype=np.int64)
-        self.image_key, self.label_key, self.in_chans, self.image_size = image_key, label_key, in_chans, image_size
-        self.num_classes, self.seed, self.oversample = num_classes, seed, oversample
-        self.shuffle_buffer, self.num_workers, self.on_error = shuffle_buffer, num_workers, on_error
-        self.flipped, self.shift = noise_plan(index.total, noise_rate, num_classes, noise_seed or seed)
+        self.noise = noise or NoisePlan.make(index.total, 0.0, self.opts.num_classes, self.opts.seed)
         self._hf = hf_dataset  # the datasets.IterableDataset of an hf: source (see hf_stream)
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
-        self.bad = BadSamplePolicy(on_error)  # type: ignore[arg-type]
+        self.bad = BadSamplePolicy(self.opts.on_error)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return self.index.total
 
-    def to_input(self, images: torch.Tensor, device) -> torch.Tensor:
-        return images_to_input(images, device)
+    @property
+    def oversample(self) -> float:
+        return self.opts.oversample
+
+    def to_input(self, x: torch.Tensor, device) -> torch.Tensor:
+        return images_to_input(x, device)
 
     # -- planning -------------------------------------------------------------------------------------------
     def plan(self, probs: np.ndarray | None, pass_: int) -> PassPlan:
-        from swift_scale.sampler.select import keep_set
-
-        order = generator(self.seed, _SHARDS, pass_).permutation(len(self.urls))
+        """The pass's shard order and kept set, from (seed, pass, p) alone."""
+        order = generator(self.opts.seed, _SHARDS, pass_).permutation(len(self.urls))
         if probs is None:
             return PassPlan(order, None, self.counts.copy(), len(self))
-        _, mask = keep_set(np.asarray(probs, dtype=np.float64), 1.0 / self.oversample, self.seed, pass_)
+        _, mask = keep_set(np.asarray(probs, dtype=np.float64), 1.0 / self.opts.oversample, self.opts.seed, pass_)
         cum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
         kept = cum[self.offsets + self.counts] - cum[self.offsets]  # per shard, empty shards included
         return PassPlan(order, mask, kept, int(mask.sum()))
@@ -235,10 +171,30 @@ class StreamingSplit:
 
     def passes(self, epochs: int, sampled: bool) -> int:
         """Passes that give a sampled run about the optimizer steps of ``epochs`` uniform passes."""
-        return max(1, round(epochs * self.oversample)) if sampled else epochs
+        return max(1, round(epochs * self.opts.oversample)) if sampled else epochs
+
+    def epoch(self, probs, epoch, *, seed, rank, world, per_rank, start_step, device, online=None):
+        """This rank's batches of pass ``epoch`` (the run's seed is :attr:`opts.seed`). With ``online`` (the
+        ``data.online`` mode) and a sampler, windows of ``oversample``·b uniform candidates are decoded and the
+        selector keeps b of each."""
+        if online is None or probs is None:
+            plan = self.plan(probs, epoch)
+            loader = self.loader(plan, epoch, rank, world, per_rank, start_step)
+            return self.steps(plan, world, per_rank), ((self.to_input(x, device), y.to(device), g.numpy())
+                                                       for x, y, g in loader)
+        window = max(per_rank, round(per_rank * self.opts.oversample))
+        plan = self.plan(None, epoch)
+
+        def kept():
+            for images, labels, gids in self.loader(plan, epoch, rank, world, window, start_step):
+                x, y = self.to_input(images, device), labels.to(device)
+                keep = online(x, y, gids.numpy(), epoch, per_rank).to(device)
+                yield x[keep], y[keep], gids.numpy()[keep.cpu().numpy()]
+
+        return self.steps(plan, world, window), kept()
 
     # -- reading --------------------------------------------------------------------------------------------
-    def _raw(self, shard: int, first: int, last: int, mask: np.ndarray | None):
+    def raw(self, shard: int, first: int, last: int, mask: np.ndarray | None) -> Iterator[Raw]:
         """Raw (undecoded) samples with kept local index in [first, last) of one shard, with their global ids.
         Other samples are passed over before their payload is read (local tars) or decoded (all sources)."""
         url, offset = self.urls[shard], int(self.offsets[shard])
@@ -262,14 +218,14 @@ class StreamingSplit:
     def _samples(self, shard: int, want):
         """(position, raw sample) of one shard in stored order for the positions ``want`` accepts (see
         :func:`~swift_scale.data.shards.tar_samples`): a local tar read header by header, a remote WebDataset
-        tar, or the rows of one file of an HF dataset (:func:`hf_shard_rows`; an ``Image`` column stays
-        {"bytes", "path"}: rows are decoded only when kept)."""
+        tar, or the rows of one file of an HF dataset (an ``Image`` column stays {"bytes", "path"}: rows are
+        decoded only when kept)."""
         url = self.urls[shard]
         if not url.startswith("hf:") and (local := local_path(url)) is not None:
             yield from tar_samples(local, want)
             return
         if url.startswith("hf:"):
-            rows = hf_shard_rows(self.hf_stream(), shard, [self.image_key, self.label_key], url)
+            rows = hf_shard_rows(self.hf_stream(), shard, [self.opts.image_key, self.opts.label_key], url)
         else:
             rows = raw_samples(url)
         for pos, sample in enumerate(rows):
@@ -285,30 +241,28 @@ class StreamingSplit:
             self._hf = hf_stream_open(self.urls)
         return self._hf
 
-    def _decode(self, gid: int, sample: dict):
+    def decode(self, gid: int, sample: dict) -> tuple[np.ndarray, int] | None:
         """(image uint8 [C, H, W], noisy label), or None for a bad sample with ``on_error=skip`` (recorded by
-        :attr:`bad`, with its global id)."""
+        :attr:`bad` with its global id)."""
+        o = self.opts
         try:
-            img, label = decode_sample(sample, self.image_key, self.label_key, self.in_chans, self.image_size)
-            check_shape(img, self.sample_shape, "val/test")
+            img, label = decode_sample(sample, o.image_key, o.label_key, o.in_chans, o.image_size)
+            check_shape(img, o.sample_shape, "val/test")
         except BadSample as e:
             self.bad(sample.get("__url__"), sample.get("__key__"), str(e), gid)
             return None
-        if label >= self.num_classes:
+        if label >= o.num_classes:
             raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} has label {label} outside "
-                            f"[0, {self.num_classes}); set data.num_classes")
-        i = np.searchsorted(self.flipped, gid)
-        if i < len(self.flipped) and self.flipped[i] == gid:
-            label = (label + int(self.shift[i])) % self.num_classes
-        return img, label
+                            f"[0, {o.num_classes}); set data.num_classes")
+        return img, int(self.noise.apply(np.array([label]), np.array([gid]))[0])
 
-    def _collate(self, raw: list[tuple[int, dict]], fill: bool = False):
-        """Decode a raw batch; bad samples are left out, or with ``fill`` (the features pass, which writes a row
-        for every id) replaced by a zero image with label 0 — their ids are recorded by :attr:`bad` and never
-        sampled."""
-        decoded = [(gid, self._decode(gid, s)) for gid, s in raw]
+    def collate(self, raw: list[Raw], fill: bool = False):
+        """Decode a raw batch into (images uint8 [b, C, H, W], labels, global ids); bad samples are left out
+        (None when none is left), or with ``fill`` (the features pass, which writes a row for every id) replaced
+        by a zero image with label 0 — their ids are recorded by :attr:`bad` and never sampled."""
+        decoded = [(gid, self.decode(gid, s)) for gid, s in raw]
         if fill and any(d is None for _, d in decoded):
-            shape = self.sample_shape or next((d[0].shape for _, d in decoded if d is not None), None)
+            shape = self.opts.sample_shape or next((d[0].shape for _, d in decoded if d is not None), None)
             if shape is None:
                 raise DataError(f"{raw[0][1].get('__url__')}: no sample of a batch could be decoded and the image "
                                 "shape is unknown; set model.image_size")
@@ -321,17 +275,11 @@ class StreamingSplit:
         labels = torch.tensor([label for _, (_, label) in out], dtype=torch.int64)
         return images, labels, gids
 
-    def shard_batches(self, shard: int, batch_size: int):
+    def feature_batches(self, shard, offset=0, count=0, batch_size=512):
         """Every sample of one shard in stored order, decoded: (images uint8, labels, global ids) batches with
-        every id of the shard (bad samples filled in, see :meth:`_collate`)."""
-        raw = []
-        for item in self._raw(shard, 0, int(self.counts[shard]), None):
-            raw.append(item)
-            if len(raw) == batch_size:
-                yield self._collate(raw, fill=True)
-                raw = []
-        if raw:
-            yield self._collate(raw, fill=True)
+        every id of the shard (bad samples filled in, see :meth:`collate`)."""
+        for raw in batches_after(self.raw(shard, 0, int(self.counts[shard]), None), batch_size, 0, partial=True):
+            yield self.collate(raw, fill=True)
 
     def take_skipped(self) -> list[dict]:
         """The bad samples met so far in this process (id, url, key, reason), each id once, cleared."""
@@ -345,7 +293,7 @@ class StreamingSplit:
         (images uint8 [b, C, H, W], labels, global ids), from a DataLoader with ``num_workers`` workers."""
         steps = self.steps(plan, world, per_rank)
         ds = _RankPass(self, plan, pass_, rank, steps, per_rank, start_step)
-        workers = self.num_workers if steps - start_step > 0 else 0
+        workers = self.opts.num_workers if steps - start_step > 0 else 0
         if workers:
             _stop_tqdm_monitor()
             if self.urls[0].startswith("hf:"):
@@ -353,6 +301,47 @@ class StreamingSplit:
         return _worker_errors_as_one_line(torch.utils.data.DataLoader(
             ds, batch_size=None, num_workers=workers, persistent_workers=False,
             prefetch_factor=4 if workers else None))
+
+
+# -- the stages of one worker's share of a pass (iterator → iterator, as webdataset's) --------------------------
+def kept_raw(split: StreamingSplit, plan: PassPlan, first: int, last: int) -> Iterator[Raw]:
+    """Source stage: the raw samples at kept positions [first, last) of the pass, undecoded, in shard order."""
+    for shard, lo, hi in plan.segments(first, last):
+        yield from split.raw(shard, lo, hi, plan.mask)
+
+
+def shuffled(items: Iterable[Raw], size: int, rng: np.random.Generator) -> Iterator[Raw]:
+    """A shuffle buffer of ``size`` raw samples (≤ 1: stored order), drawn from the explicit ``rng``."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[Raw] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= size:
+            j = int(rng.integers(len(buf)))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            yield buf.pop()
+    while buf:
+        j = int(rng.integers(len(buf)))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        yield buf.pop()
+
+
+def batches_after(items: Iterable[Raw], size: int, done: int, partial: bool = False) -> Iterator[list[Raw]]:
+    """Raw batches of ``size``, the first ``done`` passed over undecoded (what a resumed worker had already
+    delivered); a last short batch only with ``partial``."""
+    batch: list[Raw] = []
+    emitted = 0
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            if emitted >= done:
+                yield batch
+            emitted += 1
+            batch = []
+    if batch and partial and emitted >= done:
+        yield batch
 
 
 def _worker_errors_as_one_line(loader):
@@ -396,7 +385,8 @@ def _blocks(num_batches: int, workers: int) -> list[tuple[int, int]]:
 
 
 class _RankPass(torch.utils.data.IterableDataset):
-    """One rank's share of one pass, split over DataLoader workers (see the module docstring)."""
+    """One rank's share of one pass, split over DataLoader workers (see the module docstring):
+    :func:`kept_raw` → :func:`shuffled` → :func:`batches_after` → :meth:`StreamingSplit.collate`."""
 
     def __init__(self, split: StreamingSplit, plan: PassPlan, pass_: int, rank: int, steps: int, per_rank: int,
                  start_step: int):
@@ -414,42 +404,14 @@ class _RankPass(torch.utils.data.IterableDataset):
         done = max(0, math.ceil((self.start_step - worker) / workers))
         first = self.rank * self.steps * self.per_rank + a * self.per_rank
         last = self.rank * self.steps * self.per_rank + b * self.per_rank
-        rng = generator(self.split.seed, _SHUFFLE, self.pass_ * 1_000_003 + self.rank * 1009 + worker)
-        buf: list = []
-        batch: list = []
-        emitted = 0
-
-        def stream():
-            for shard, lo, hi in self.plan.segments(first, last):
-                yield from self.split._raw(shard, lo, hi, self.plan.mask)
-
-        def shuffled():
-            size = self.split.shuffle_buffer
-            for item in stream():
-                if size <= 1:
-                    yield item
-                    continue
-                buf.append(item)
-                if len(buf) >= size:
-                    j = int(rng.integers(len(buf)))
-                    buf[j], buf[-1] = buf[-1], buf[j]
-                    yield buf.pop()
-            while buf:
-                j = int(rng.integers(len(buf)))
-                buf[j], buf[-1] = buf[-1], buf[j]
-                yield buf.pop()
-
-        for item in shuffled():
-            batch.append(item)
-            if len(batch) == self.per_rank:
-                if emitted >= done:
-                    out = self.split._collate(batch)
-                    yield out if out is not None else _empty(self.split)
-                emitted += 1
-                batch = []
+        rng = generator(self.split.opts.seed, _SHUFFLE, self.pass_ * 1_000_003 + self.rank * 1009 + worker)
+        raw = shuffled(kept_raw(self.split, self.plan, first, last), self.split.opts.shuffle_buffer, rng)
+        for batch in batches_after(raw, self.per_rank, done):
+            out = self.split.collate(batch)
+            yield out if out is not None else _empty(self.split)
 
 
 def _empty(split: StreamingSplit):
     """A batch whose every sample was skipped as undecodable: still one (zero-weight) step for DDP."""
-    return torch.zeros((0, split.in_chans, 1, 1), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), \
+    return torch.zeros((0, split.opts.in_chans, 1, 1), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), \
         torch.zeros(0, dtype=torch.int64)

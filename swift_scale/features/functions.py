@@ -1,6 +1,6 @@
 """Per-example features from a model's outputs. Pure tensor functions: any device, any batch size.
 
-Classification (DESIGN §1), from logits z [B, C] and labels y [B], p = softmax(z):
+Classification (docs/design.md §1.1), from logits z [B, C] and labels y [B], p = softmax(z):
 
 - ``loss``             = −log p_y
 - ``renormed_entropy`` = −Σ_{j≠y} q_j log q_j / log(C−1), q_j = p_j / (1 − p_y): the entropy of the

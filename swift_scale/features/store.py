@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from swift_scale.io import atomic_write_json, fsync_dir
+from swift_scale.io import FileError, atomic_write_json, fsync_dir, read_json
 
 __all__ = ["FeatureStore", "quantile_table", "FORMAT_VERSION"]
 
@@ -71,17 +71,23 @@ class FeatureStore:
         meta_path = self.root / "meta.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path}: no feature store here; run the features phase first")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: corrupt ({e}); delete {self.root} to rebuild the store") from e
-        if self.meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: store format {self.meta.get('version')} != {FORMAT_VERSION}; rebuild it")
-        self.features = np.load(self.root / "features.npy", mmap_mode=mode)
-        self.mask = np.load(self.root / "mask.npy", mmap_mode=mode)
+        fix = f"delete {self.root} to rebuild the store"
+        self.meta = read_json(meta_path, fix)
+        if not isinstance(self.meta, dict) or self.meta.get("version") != FORMAT_VERSION:
+            version = self.meta.get("version") if isinstance(self.meta, dict) else None
+            raise ValueError(f"{meta_path}: store format {version} != {FORMAT_VERSION}; {fix}")
+        self.features = self._open(self.root / "features.npy", mode, fix)
+        self.mask = self._open(self.root / "mask.npy", mode, fix)
         n, f = self.meta["num_examples"], len(self.meta["feature_names"])
         if self.features.shape != (n, f) or self.mask.shape != (n,):
             raise ValueError(f"{self.root}: array shapes disagree with meta.json; delete the store to rebuild it")
+
+    @staticmethod
+    def _open(path: Path, mode: str, fix: str) -> np.ndarray:
+        try:
+            return np.load(path, mmap_mode=mode)  # type: ignore[call-overload]
+        except (OSError, ValueError, EOFError) as e:  # missing, truncated ("mmap length is greater ..."), garbage
+            raise FileError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]}); {fix}") from None
 
     # -- creation -------------------------------------------------------------------------------------------
     @classmethod

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from swift_scale.features.store import FeatureStore
-from swift_scale.io import atomic_write_text, read_jsonl
+from swift_scale.io import FileError, atomic_write_text, read_json, read_jsonl
 from swift_scale.sampler.swift import SwiftSampler
 
 __all__ = ["write_report", "PLOTS"]
@@ -36,8 +35,8 @@ def plot_heatmap(sampler: SwiftSampler, feats: dict, flipped: np.ndarray | None,
     """Sampling probability over (feature 1, feature 2) percentile space, noisy examples overlaid (paper Fig 1)."""
     plt = _plt()
     a, b = sampler.feature_names
-    fa = sampler._cdfs[a](feats[a])
-    fb = sampler._cdfs[b](feats[b])
+    pct = sampler.percentiles(feats)
+    fa, fb = pct[a], pct[b]
     w = sampler.weights_of(feats)
     bins = 24
     ia = np.minimum((fa * bins).astype(int), bins - 1)
@@ -66,7 +65,7 @@ def plot_prob_vs_loss(sampler: SwiftSampler, feats: dict, flipped, path: Path) -
     """Sampling probability against loss percentile (paper Fig 2b)."""
     plt = _plt()
     name = sampler.feature_names[0]
-    pct = sampler._cdfs[name](feats[name])
+    pct = sampler.percentiles(feats)[name]
     p = sampler.probs(feats) * len(pct)
     fig, ax = plt.subplots(figsize=(6, 4))
     order = np.argsort(pct)
@@ -118,15 +117,18 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    fix = f"rerun `swift-scale run` on {run_dir} to rewrite it"
+    summary = read_json(run_dir / "summary.json", fix) if (run_dir / "summary.json").exists() else {}
+    if not isinstance(summary, dict):
+        raise FileError(f"{run_dir / 'summary.json'}: not a summary (a JSON object); {fix}")
     sampler = SwiftSampler.load(run_dir / "sampler.json")
     store = FeatureStore(run_dir / "features")
     feats = {n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}
     noise = run_dir / "noise.json"
-    flipped = np.asarray(json.loads(noise.read_text())["flipped_ids"], dtype=np.int64) if noise.exists() else None
+    flipped = np.asarray(read_json(noise, fix)["flipped_ids"], dtype=np.int64) if noise.exists() else None
     history = read_jsonl(run_dir / "search" / "history.jsonl")
-    pre = json.loads((run_dir / "pretrain" / "metrics.json").read_text())
-    fin = json.loads((run_dir / "final" / "metrics.json").read_text())
+    pre = read_json(run_dir / "pretrain" / "metrics.json", fix)
+    fin = read_json(run_dir / "final" / "metrics.json", fix)
     plot_heatmap(sampler, feats, flipped, out / PLOTS[0])
     plot_prob_vs_loss(sampler, feats, flipped, out / PLOTS[1])
     plot_search(history, out / PLOTS[2])

@@ -1,6 +1,6 @@
 """Use a learned sampler in your own data pipeline: a webdataset stage and Hugging Face ``datasets`` helpers.
 
-All decisions are pure functions of (seed, epoch, global id) — see :mod:`swift_scale.sampler.select` — so
+All decisions are pure functions of (seed, epoch, global id) — see :mod:`swift_scale.selection` — so
 every rank, worker and restart agrees on which examples are kept.
 """
 
@@ -13,7 +13,7 @@ import torch
 
 from swift_scale.data.shards import ShardIndex
 from swift_scale.features.functions import CLASSIFICATION_FEATURES, classification_features
-from swift_scale.sampler.select import epoch_indices, keep_set, keep_top_k
+from swift_scale.selection import epoch_indices, keep_set, keep_top_k
 
 __all__ = ["KeepByGlobalId", "hf_epoch", "hf_keep", "keep_set", "online_keep"]
 

@@ -24,7 +24,6 @@ Uniform sampling is the point :data:`UNIFORM_THETA` (all values 1: φ constant).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -189,6 +188,11 @@ class SwiftSampler:
         return bool(np.all(self.values == self.values[0]))
 
     # -- the function ---------------------------------------------------------------------------------------
+    def percentiles(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """F_n(f_n) ∈ [0, 1] of each aggregated feature (float32 [N] per name): its percentile on the training
+        set through the stored quantile table."""
+        return {n: self._cdfs[n](features[n]) for n in self.feature_names}
+
     def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """Aggregated score s ∈ [0, 1] per example (float32 [N])."""
         lo = float(np.minimum(self.weights, 0).sum())
@@ -352,12 +356,9 @@ class SwiftSampler:
     @classmethod
     def load(cls, path: str | os.PathLike) -> SwiftSampler:
         """Load a ``sampler.json``; works in any process, without the feature store."""
-        try:
-            d = json.loads(open(path).read())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such sampler file") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); regenerate it with `swift-scale search`") from e
+        from swift_scale.io import read_json
+
+        d = read_json(path, "give a sampler.json written by `swift-scale search`")
         return cls.from_dict(d, source=str(path))
 
     def describe(self) -> str:

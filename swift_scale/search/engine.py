@@ -11,8 +11,8 @@ The caller owns each trial::
             engine.tell(trial, None, error=repr(e)); continue
         engine.tell(trial, score)
 
-Proposals: trial 0 is :data:`UNIFORM_THETA` (uniform sampling is always evaluated first), then ``n_init``
-scrambled-Sobol points, then (``strategy="bo"``) the maximiser of UCB(β) on a SingleTaskGP fitted to every
+Proposals: first the caller's ``initial`` points in order (the Swift sampler search passes uniform sampling,
+which is always evaluated first), then ``n_init`` scrambled-Sobol points, then (``strategy="bo"``) the maximiser of UCB(β) on a SingleTaskGP fitted to every
 finished trial (inputs normalised to the unit cube, outputs standardised, double precision) or
 (``strategy="random"``) uniform random points — the ablation baseline with the same interface.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,7 +37,6 @@ import torch
 
 from swift_scale.io import append_jsonl, read_jsonl
 from swift_scale.rng import generator, stream_id
-from swift_scale.sampler.swift import UNIFORM_THETA
 
 __all__ = ["SearchEngine", "Trial"]
 
@@ -60,12 +60,13 @@ class SearchEngine:
         n_init: quasi-random points after the uniform point before the GP takes over.
         beta: UCB exploration weight.
         num_restarts, raw_samples: ``optimize_acqf`` effort (shrink both for a smoke run).
-        first: the first point (default uniform sampling); None to start with Sobol points.
+        initial: points evaluated first, in order, before any Sobol point (e.g. the sampler search's uniform
+            sampling); empty to start with Sobol points.
     """
 
     def __init__(self, history_path: str | Path, *, dim: int = 10, strategy: Literal["bo", "random"] = "bo",
                  seed: int = 0, n_init: int = 4, beta: float = 2.0, num_restarts: int = 8,
-                 raw_samples: int = 256, first: np.ndarray | None = UNIFORM_THETA):
+                 raw_samples: int = 256, initial: Sequence[np.ndarray] = ()):
         if strategy not in ("bo", "random"):
             raise ValueError(f"strategy must be 'bo' or 'random', got {strategy!r}")
         if beta < 0 or n_init < 0 or num_restarts < 1 or raw_samples < 1:
@@ -73,7 +74,10 @@ class SearchEngine:
         self.path = Path(history_path)
         self.dim, self.strategy, self.seed, self.n_init, self.beta = dim, strategy, seed, n_init, beta
         self.num_restarts, self.raw_samples = num_restarts, raw_samples
-        self.first = None if first is None else np.asarray(first, dtype=np.float64)
+        self.initial = [np.asarray(x, dtype=np.float64) for x in initial]
+        for x in self.initial:
+            if x.shape != (dim,):
+                raise ValueError(f"initial points must have {dim} entries, got shape {x.shape}")
         self.history: list[dict] = read_jsonl(self.path)
         for i, rec in enumerate(self.history):
             if rec.get("trial") != i or len(rec.get("params", [])) != dim:
@@ -96,9 +100,9 @@ class SearchEngine:
     def ask(self) -> Trial:
         """Propose the next θ (deterministic given seed and history)."""
         t = self.num_trials
-        offset = 0 if self.first is None else 1
-        if t == 0 and self.first is not None:
-            theta, how = self.first.copy(), "first"
+        offset = len(self.initial)
+        if t < offset:
+            theta, how = self.initial[t].copy(), "initial" if t else "first"
         elif t < offset + self.n_init:
             theta, how = self._sobol(t - offset), "sobol"
         elif self.strategy == "random":

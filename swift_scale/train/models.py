@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from torch import nn
 
 __all__ = ["create_model", "create_lm", "SwiftCNN"]
@@ -23,9 +22,14 @@ def create_lm(name: str, vocab_size: int, seq_len: int, checkpoint: str | None =
     if name != "gpt2":
         raise ValueError(f"model.name: {name!r} is not a language model here; use gpt2 (sized by model.kwargs: "
                          "n_layer, n_embd, n_head, …) or a local checkpoint directory")
+    known = set(GPT2Config().to_dict())
+    unknown = sorted(k for k in kwargs if k not in known)
+    if unknown:  # GPT2Config would keep them as attributes and silently ignore them
+        raise ValueError(f"model.kwargs: GPT2Config has no {unknown[0]!r} (e.g. n_layer, n_embd, n_head, "
+                         "resid_pdrop)")
     try:
         config = GPT2Config(vocab_size=vocab_size, n_positions=seq_len, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"model.kwargs: {e}") from None
     return GPT2LMHeadModel(config)
 
@@ -34,7 +38,7 @@ class SwiftCNN(nn.Module):
     """A small CNN for 8×8 to 32×32 images: 3 conv blocks, global average pool, linear head."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0,
-                 stem_stride: int = 1, **_):
+                 stem_stride: int = 1):
         super().__init__()
         w = width
 
@@ -62,8 +66,8 @@ def _register():
             """swift_scale's small CNN (no pretrained weights)."""
             if pretrained:
                 raise ValueError("swift_cnn has no pretrained weights")
-            kwargs.pop("pretrained_cfg", None)
-            kwargs.pop("pretrained_cfg_overlay", None)
+            for timm_option in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's, not ours
+                kwargs.pop(timm_option, None)
             return SwiftCNN(**kwargs)
 
 
@@ -87,11 +91,20 @@ def create_model(name: str, num_classes: int, in_chans: int = 1, checkpoint: str
     except TypeError as e:
         raise ValueError(f"model.kwargs: {name} does not accept {sorted(kwargs)} ({e})") from None
     if checkpoint:
-        if not os.path.exists(checkpoint):
-            raise ValueError(f"model.checkpoint: {checkpoint} does not exist")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ValueError(f"model.checkpoint: {checkpoint} does not fit {name} (unexpected keys {unexpected[:3]})")
+        load_weights(model, checkpoint, name)
     return model
+
+
+def load_weights(model: nn.Module, checkpoint: str, name: str) -> None:
+    """Load ``model.checkpoint`` into ``model`` (missing keys allowed, e.g. a new head); ValueError naming the
+    field for a file that is not weights or does not fit the architecture."""
+    from swift_scale.io import load_state_dict
+
+    state = load_state_dict(checkpoint, name="model.checkpoint", fix="give a state_dict saved with torch.save")
+    try:
+        _, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise ValueError(f"model.checkpoint: {checkpoint} does not fit {name} ({first[:160]})") from None
+    if unexpected:
+        raise ValueError(f"model.checkpoint: {checkpoint} does not fit {name} (unexpected keys {unexpected[:3]})")

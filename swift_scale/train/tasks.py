@@ -1,12 +1,14 @@
-"""What is trained and measured: image classification or language modelling (one object per run).
+"""What is trained and measured: image classification or language modelling (one :class:`Task` per run).
 
-A task turns a batch (x, y) into a training loss, per-example features for the store, and evaluation sums;
-the training loop, the features pass and the search do not know which task they run.
+A task turns a batch (x, y) into a training loss with per-example statistics (loss and margin, recorded as
+training dynamics), per-example features for the store, and evaluation sums; the training loop, the features
+pass and the search do not know which task they run.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,7 +21,50 @@ from swift_scale.features.functions import (
     lm_features,
 )
 
-__all__ = ["ClassificationTask", "LMTask", "CLASSIFICATION"]
+__all__ = ["Task", "ClassificationTask", "LMTask", "CLASSIFICATION", "task_for"]
+
+
+class Task(Protocol):
+    """The seam between the generic loop and a kind of model."""
+
+    name: str
+    feature_names: tuple[str, ...]
+    default_sampler_features: tuple[str, ...]
+    metric: str
+    higher_is_better: bool
+
+    def loss(self, model, x: torch.Tensor, y: torch.Tensor,
+             stats: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean training loss, with ``stats`` the per-example [b, 2] float32 (loss, margin), detached)."""
+        ...
+
+    def features(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example features [b, len(feature_names)] float32 in the order of :attr:`feature_names`."""
+        ...
+
+    def eval_sums(self, model, x: torch.Tensor, y: torch.Tensor) -> list:
+        """[correct, summed loss, count] of a batch (summed over ranks by the caller)."""
+        ...
+
+    def finish(self, sums: torch.Tensor) -> dict:
+        """Metrics from the summed :meth:`eval_sums`."""
+        ...
+
+    def score(self, metrics: dict) -> float:
+        """The search's score of a model's metrics (higher is better)."""
+        ...
+
+
+@torch.no_grad()
+def _stats(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per row of logits [n, C]: (loss −log p_y, margin = target logit − largest other logit, the
+    area-under-the-margin statistic), float32 [n, 2]. Computed apart from the training loss, which stays
+    exactly the mean cross-entropy it always was."""
+    z = logits.detach().float()
+    idx = y.view(-1, 1)
+    loss = -torch.log_softmax(z, 1).gather(1, idx).squeeze(1)
+    other = z.scatter(1, idx, float("-inf")).amax(1)
+    return torch.stack([loss, z.gather(1, idx).squeeze(1) - other], 1)
 
 
 class ClassificationTask:
@@ -29,9 +74,11 @@ class ClassificationTask:
     feature_names = CLASSIFICATION_FEATURES
     default_sampler_features = ("loss", "renormed_entropy")
     metric = "accuracy"
+    higher_is_better = True
 
-    def loss(self, model, x, y):
-        return F.cross_entropy(model(x), y)
+    def loss(self, model, x, y, stats=False):
+        logits = model(x)
+        return F.cross_entropy(logits, y), _stats(logits, y) if stats else None
 
     def features(self, model, x, y):
         return classification_features(model(x), y)
@@ -51,12 +98,14 @@ class ClassificationTask:
 
 class LMTask:
     """x = y: token sequences [B, T]; next-token prediction. Metric: perplexity (lower is better); the search
-    scores −log(val perplexity), i.e. minus the mean token loss."""
+    scores −log(val perplexity), i.e. minus the mean token loss. Per-example statistics are per sequence: the
+    mean token loss and the mean token margin."""
 
     name = "lm"
     feature_names = LM_FEATURES
     default_sampler_features = ("loss", "rarity")
     metric = "perplexity"
+    higher_is_better = False
 
     def __init__(self, rarity: np.ndarray):
         self.rarity = torch.as_tensor(np.asarray(rarity, dtype=np.float32))
@@ -66,9 +115,10 @@ class LMTask:
         out = model(input_ids=x)
         return (out.logits if hasattr(out, "logits") else out)[:, :-1]
 
-    def loss(self, model, x, y):
+    def loss(self, model, x, y, stats=False):
         logits = self._logits(model, x)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1))
+        flat, t = logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1)
+        return F.cross_entropy(flat, t), _stats(flat, t).view(len(y), -1, 2).mean(1) if stats else None
 
     def features(self, model, x, y):
         return lm_features(self._logits(model, x), y[:, 1:], self.rarity)
@@ -90,3 +140,12 @@ class LMTask:
 
 
 CLASSIFICATION = ClassificationTask()
+
+
+def task_for(kind: str, rarity: np.ndarray | None = None) -> Task:
+    """The task of ``data.task`` (``rarity``: the LM's token rarity table)."""
+    if kind == "lm":
+        if rarity is None:
+            raise ValueError("the language-modelling task needs the training split's token rarity table")
+        return LMTask(rarity)
+    return CLASSIFICATION

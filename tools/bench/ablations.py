@@ -38,16 +38,17 @@ def variant(run: Path, name: str, config: str, overrides: list[str]):
     """A pipeline in ``<run>_<name>`` sharing the run's θ0 and features (copied once)."""
     from swift_scale.config import load_config
     from swift_scale.pipeline import Pipeline
+    from swift_scale.run_folder import RunFolder
 
     base = json.loads((run / "summary.json").read_text())
     out = run.parent / f"{run.name}_{name}"
-    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(config, [f"run.out_dir={out}", f"seed={base['seed']}", f"data.noise_rate={base['noise_rate']}",
+                               *overrides])
+    RunFolder(cfg).create()  # a run folder (config.yaml first), then the shared phases copied in
     for item in SHARED:
         src, dst = run / item, out / item
         if src.exists() and not dst.exists():
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-    cfg = load_config(config, [f"run.out_dir={out}", f"seed={base['seed']}", f"data.noise_rate={base['noise_rate']}",
-                               *overrides])
     return Pipeline(cfg)
 
 
@@ -106,11 +107,11 @@ def main() -> None:
     history = [json.loads(x) for x in (run / "search" / "history.jsonl").read_text().splitlines() if x.strip()]
     last = [r for r in history if r["status"] == "ok"][-args.fidelity_trials:]
     store = pipe.features()
-    feats = pipe._train_features(store)
+    feats = pipe.train_features(store)
     inner, full = [], []
     for r in last:
         probs = pipe.make_sampler(np.asarray(r["params"]), store, feats).probs(feats)
-        m = pipe._train_phase(pipe.dir / "fidelity" / f"trial{r['trial']:04d}", probs, f"fidelity {r['trial']}")
+        m = pipe.train_with(probs, pipe.dir / "fidelity" / f"trial{r['trial']:04d}", f"fidelity {r['trial']}")
         inner.append(r["score"])
         full.append(m["val"]["accuracy"])
         emit({"ablation": "fidelity", "trial": r["trial"], "finetune_score": r["score"],

@@ -31,6 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from swift_scale.io import append_jsonl
+    from swift_scale.sampler import UNIFORM_THETA
     from swift_scale.search.engine import SearchEngine
 
     records = [json.loads(x) for x in Path(args.history).read_text().splitlines() if x.strip()]
@@ -39,7 +40,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "history.jsonl"
         for k in range(args.trials):
-            engine = SearchEngine(path, num_restarts=args.num_restarts, raw_samples=args.raw_samples)
+            engine = SearchEngine(path, num_restarts=args.num_restarts, raw_samples=args.raw_samples,
+                                  initial=[UNIFORM_THETA])
             t0 = time.perf_counter()
             trial = engine.ask()
             dt = time.perf_counter() - t0

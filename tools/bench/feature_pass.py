@@ -30,8 +30,10 @@ def main() -> None:
 
     from accelerate import Accelerator
 
-    from swift_scale.train.loop import Split, extract_features
+    from swift_scale.data.splits import Split
+    from swift_scale.features.extract import extract_features
     from swift_scale.train.models import create_model
+    from swift_scale.train.tasks import CLASSIFICATION
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
     rng = np.random.default_rng(0)
@@ -55,7 +57,8 @@ def main() -> None:
 
     def features():
         with tempfile.TemporaryDirectory() as d:
-            extract_features(acc, model, data, Path(d) / "store", offsets, counts, args.batch, progress=False)
+            extract_features(acc, model, data, Path(d) / "store", offsets, counts, CLASSIFICATION,
+                             batch_size=args.batch, progress=False)
 
     bare()  # warm-up
     times = {"bare": [], "features": []}

@@ -91,15 +91,16 @@ def main() -> None:
                           "delivered": n, "ratio": round(n / t / plain, 3), "goal_ratio": 0.9}), flush=True)
 
     # the training path of data.mode=streaming: StreamingSplit.loader, a uniform pass vs a sampled pass
-    from swift_scale.data.stream import StreamingSplit, hf_stream_index
+    from swift_scale.data.hf import hf_stream_index
+    from swift_scale.data.stream import StreamingSplit, StreamOptions
 
     sources = [("StreamingSplit (data.mode=streaming), WebDataset shards", index, "jpg", "cls"),
                ("StreamingSplit (data.mode=streaming), HF parquet via datasets.IterableDataset",
                 hf_stream_index(f"hf:parquet:{write_parquet(urls)}/*.parquet"), "image", "label")]
     for name, idx, image_key, label_key in sources:
-        split = StreamingSplit(idx, image_key=image_key, label_key=label_key, in_chans=3, num_classes=10,
-                               oversample=1 / args.keep, shuffle_buffer=256, num_workers=args.workers,
-                               on_error="fail")
+        split = StreamingSplit(idx, StreamOptions(image_key=image_key, label_key=label_key, in_chans=3,
+                                                  num_classes=10, oversample=1 / args.keep, shuffle_buffer=256,
+                                                  num_workers=args.workers, on_error="fail"))
         u_rate, _ = delivered_rate(split, None, 0)
         s_rate, n = delivered_rate(split, probs, 1)
         print(json.dumps({"bench": "stream_rejection", "pipeline": name, "image_size": args.size,

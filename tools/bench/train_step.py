@@ -27,8 +27,9 @@ def main() -> None:
 
     from accelerate import Accelerator
 
+    from swift_scale.data.splits import Split
     from swift_scale.sampler.swift import SwiftSampler
-    from swift_scale.train.loop import Split, train_model
+    from swift_scale.train.loop import TrainSpec, train_model
     from swift_scale.train.models import create_model
 
     rng = np.random.default_rng(0)
@@ -44,8 +45,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model("swift_cnn", 10, 1, width=args.width, stem_stride=2)
         t0 = time.perf_counter()
-        train_model(acc, model, data, probs=p, epochs=args.epochs, batch_size=args.batch, lr=2e-3,
-                    weight_decay=0.0, seed=0, progress=False)
+        train_model(acc, model, data, probs=p, spec=TrainSpec(args.epochs, args.batch, 2e-3), progress=False)
         return (time.perf_counter() - t0) / args.epochs
 
     once(None)  # warm-up

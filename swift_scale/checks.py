@@ -1,0 +1,70 @@
+"""Checks of what a user can get wrong, run before any phase (a config error is never a failed trial).
+
+Each raises :class:`~swift_scale.config.ConfigError` (exit status 2) with one line naming the field or file
+and the fix, and changes nothing on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from swift_scale.config import Config, ConfigError
+from swift_scale.run_folder import RunFolder
+from swift_scale.train.tasks import ClassificationTask, LMTask
+
+__all__ = ["check_precision", "check_sampler_features", "sampler_features", "stored_features", "check_transfer"]
+
+
+def stored_features(cfg: Config) -> tuple[str, ...]:
+    """The feature columns a run's store holds for its task."""
+    task = LMTask if cfg.data.task == "lm" else ClassificationTask
+    return tuple(task.feature_names)
+
+
+def sampler_features(cfg: Config) -> list[str]:
+    """``sampler.features``; the classification default pair becomes the LM default pair for LM runs."""
+    names = list(cfg.sampler.features)
+    if cfg.data.task == "lm" and tuple(names) == ClassificationTask.default_sampler_features:
+        return list(LMTask.default_sampler_features)
+    return names
+
+
+def check_sampler_features(cfg: Config) -> None:
+    known = stored_features(cfg)
+    for name in sampler_features(cfg):
+        if name not in known:
+            raise ConfigError(f"sampler.features: {name!r} is not a feature of a {cfg.data.task} run; "
+                              f"choose two of {', '.join(known)}")
+
+
+def check_precision(cfg: Config) -> None:
+    """fp16 autocast needs CUDA: on the CPU accelerate would silently train in fp32."""
+    import torch
+
+    on_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    if cfg.train.mixed_precision == "fp16" and on_cpu:
+        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU and this run is on the CPU; "
+                          "use bf16 or no")
+
+
+def check_transfer(cfg: Config, folder: RunFolder, sampler_path: str | Path) -> None:
+    """``train --sampler FILE``: the file must be a sampler over this run's features, and the run folder must not
+    hold a different sampler of its own (a learned one would be overwritten)."""
+    from swift_scale.sampler.swift import SwiftSampler
+
+    sampler = SwiftSampler.load(sampler_path)
+    known = stored_features(cfg)
+    missing = [n for n in (*sampler.feature_names, sampler.grad_feature) if n not in known
+               and (n != sampler.grad_feature or sampler.transform == "cgf")]
+    if missing:
+        raise ConfigError(f"{sampler_path}: uses feature {missing[0]!r}, which a {cfg.data.task} run does not "
+                          f"compute ({', '.join(known)}); use a sampler learned on the same task")
+    own = folder.path("sampler.json")
+    if own.exists() and Path(sampler_path).resolve() != own.resolve():
+        try:
+            same = (SwiftSampler.load(own).to_dict() | {"info": {}}) == (sampler.to_dict() | {"info": {}})
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            raise ConfigError(f"{own}: this run folder already holds another sampler (its own search's or an "
+                              "earlier transfer's); train the transferred sampler in a new run.name")

@@ -1,0 +1,272 @@
+"""``load_data(cfg, accelerator, run_dir) -> Data``: the shard tables, the splits and the noise of one run.
+
+Every process calls it once. The index pass is split over ranks (shard ordinal mod world size) and its counts
+all-gathered; val and test are always decoded into memory; the training split is decoded too (indexed mode) or
+opened as a :class:`~swift_scale.data.stream.StreamingSplit` (streaming mode), or tokenized and packed into
+sequences (language modelling). The main process records ``index.json``, ``noise.json`` and
+``data_errors.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swift_scale.config import Config, ConfigError
+from swift_scale.data.decode import DataError, LoadedSplit
+from swift_scale.data.hf import (
+    HFStreamCounter,
+    hf_index,
+    hf_stream_columns,
+    hf_stream_files,
+    hf_stream_open,
+    is_hf,
+    load_hf_split,
+    open_hf,
+    pick_column,
+)
+from swift_scale.data.noise import NoisePlan
+from swift_scale.data.shards import ShardIndex, build_index, expand_shards, load_split
+from swift_scale.data.splits import Data, Split, TokenSplit
+from swift_scale.io import atomic_write_json
+
+__all__ = ["load_data", "build_shard_table", "MIN_VAL_EXAMPLES"]
+
+logger = logging.getLogger("swift_scale")
+SPLITS = ("train", "val", "test")
+#: Below this many validation examples the search's scores are mostly noise; the run warns.
+MIN_VAL_EXAMPLES = 100
+
+
+def load_data(cfg: Config, accelerator, run_dir: Path) -> Data:
+    """Open every split of ``cfg.data`` for this process (see the module docstring)."""
+    if cfg.data.task == "lm":
+        data = _load_text(cfg, accelerator, run_dir)
+    else:
+        index = _shard_tables(cfg, accelerator, run_dir)
+        loaded = _decode_in_memory(cfg, index, accelerator, run_dir)
+        data = (_streaming(cfg, index, loaded, accelerator, run_dir) if cfg.data.mode == "streaming"
+                else _indexed(cfg, index, loaded, accelerator, run_dir))
+    scored = len(data.val) * (cfg.data.seq_len - 1 if cfg.data.task == "lm" else 1)  # examples or tokens
+    least = MIN_VAL_EXAMPLES * (40 if cfg.data.task == "lm" else 1)
+    if scored < least:
+        unit = "token" if cfg.data.task == "lm" else "example"
+        logger.warning("data.val: only %d %s(s); the search scores samplers on val, so its choices will be mostly "
+                       "noise (%d+ recommended)", scored, unit, least * 5)
+    return data
+
+
+# -- shard tables -------------------------------------------------------------------------------------------
+def _shard_tables(cfg: Config, acc, run_dir: Path) -> dict[str, ShardIndex]:
+    """The shard table of each split, cached in ``index.json`` (rebuilt when the shards it names changed)."""
+    d = cfg.data
+    refs = {s: getattr(d, s) for s in SPLITS}
+    stream_hf = d.mode == "streaming" and is_hf(refs["train"])  # data files, streamed one per shard
+    urls = {s: None if is_hf(r) else expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}")
+            for s, r in refs.items()}
+    hf_rows = {s: len(open_hf(r, f"data.{s}")) for s, r in refs.items()
+               if is_hf(r) and not (s == "train" and stream_hf)}
+    if stream_hf:
+        urls["train"] = hf_stream_files(refs["train"])
+    for s, n in hf_rows.items():
+        urls[s] = hf_index(refs[s], n).urls
+    path = run_dir / "index.json"
+    cached = _read_index(path)
+    if all(s in cached and cached[s].urls == urls[s] for s in urls):
+        return cached
+    index = {s: hf_index(refs[s], hf_rows[s]) if s in hf_rows
+             else build_shard_table(urls[s], acc, HFStreamCounter(urls[s]) if s == "train" and stream_hf else None)
+             for s in SPLITS}
+    for s, idx in index.items():
+        if idx.total == 0:
+            raise DataError(f"data.{s}: the split is empty ({len(idx.urls)} shard(s) with no samples)")
+    if acc.is_main_process:
+        atomic_write_json(path, {s: i.to_dict() for s, i in index.items()})
+    return index
+
+
+def _read_index(path: Path) -> dict[str, ShardIndex]:
+    """The cached tables, or {} when there are none or they are unreadable (they are rebuilt)."""
+    try:
+        return {k: ShardIndex.from_dict(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def build_shard_table(urls: list[str], acc, count: Callable[[int], int] | None = None) -> ShardIndex:
+    """Count every shard's samples, shards split over ranks (ordinal mod world) and the counts all-gathered.
+
+    Each rank reads only its shards (tar headers; parquet footers; one column of other HF files); a bad
+    shard is reported by every rank (no hang). ``count(ordinal)`` overrides the tar counter.
+    """
+    count = count or (lambda i: build_index([urls[i]]).counts[0])
+    if acc.num_processes == 1:
+        return ShardIndex(urls, [count(i) for i in range(len(urls))])
+    from accelerate.utils import gather_object
+
+    mine = []
+    for i in range(acc.process_index, len(urls), acc.num_processes):
+        try:
+            mine.append((i, count(i), None))
+        except DataError as e:
+            mine.append((i, 0, str(e)))
+    found = sorted(gather_object(mine))
+    errors = [e for _, _, e in found if e]
+    if errors:
+        raise DataError(errors[0])
+    return ShardIndex(urls, [c for _, c, _ in found])
+
+
+# -- images -------------------------------------------------------------------------------------------------
+def _decode_in_memory(cfg: Config, index: dict[str, ShardIndex], acc, run_dir: Path) -> dict[str, LoadedSplit]:
+    """Decode val, test and (indexed mode) train; check that their image shapes agree; record bad samples."""
+    d, m = cfg.data, cfg.model
+    opts = dict(image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans, image_size=m.image_size,
+                on_error=d.on_error)
+    splits = [s for s in SPLITS if s != "train" or d.mode == "indexed"]
+    loaded = {s: load_hf_split(getattr(d, s), field=f"data.{s}", **opts) if is_hf(getattr(d, s))
+              else load_split(index[s], field=f"data.{s}", **opts) for s in splits}
+    first = splits[0]
+    for s in splits[1:]:
+        if loaded[s].shape != loaded[first].shape:
+            raise DataError(f"data.{s}: images are {loaded[s].shape} (C, H, W) but data.{first}'s are "
+                            f"{loaded[first].shape}; set model.image_size (and model.in_chans) to make them agree")
+    for s, ld in loaded.items():
+        if (~ld.valid).sum() * 2 > len(ld.valid):
+            e = ld.errors[0]
+            raise DataError(f"data.{s}: {(~ld.valid).sum()} of {len(ld.valid)} samples cannot be used (first: "
+                            f"{e['url']} sample {e['key']!r} {e['reason']}); fix the data or its data.* keys")
+    errors = [{"split": s, **e} for s, ld in loaded.items() for e in ld.errors]
+    if errors:
+        logger.warning("skipped %d bad sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
+                       len(errors), errors[0]["url"], errors[0]["key"], errors[0]["reason"],
+                       run_dir / "data_errors.json")
+    if acc.is_main_process:
+        atomic_write_json(run_dir / "data_errors.json", {"count": len(errors), "errors": errors})
+    return loaded
+
+
+def _num_classes(cfg: Config, loaded: dict[str, LoadedSplit]) -> int:
+    """``data.num_classes``, or max label + 1 of the training labels (of val/test when train is streamed);
+    every label must lie below it, and an inferred head with mostly absent classes is a config error."""
+    source = "train" if "train" in loaded else "val"
+    labels = {s: ld.labels[ld.valid] for s, ld in loaded.items()}
+    n = cfg.data.num_classes
+    if not n:
+        ref = labels[source] if source == "train" else np.concatenate([labels["val"], labels["test"]])
+        n = int(ref.max()) + 1
+        present = len(np.unique(ref))
+        if present * 2 < n:
+            raise ConfigError(f"data.num_classes: inferred {n} classes from the largest data.{source} label, but "
+                              f"only {present} distinct labels occur; set data.num_classes")
+    for s, y in labels.items():
+        if len(y) and y.max() >= n:
+            hint = "set data.num_classes" if cfg.data.num_classes else f"classes are inferred from data.{source}"
+            raise DataError(f"data.{s}: label {int(y.max())} >= {n} classes ({hint}); fix the labels")
+    return n
+
+
+def _eval_split(ld: LoadedSplit) -> Split:
+    """Evaluation needs no global ids: bad rows are dropped."""
+    return Split(torch.from_numpy(ld.images[ld.valid]), torch.from_numpy(ld.labels[ld.valid]))
+
+
+def _noise(cfg: Config, num_examples: int, num_classes: int) -> NoisePlan:
+    d = cfg.data
+    return NoisePlan.make(num_examples, d.noise_rate, num_classes, d.noise_seed or cfg.seed, d.noise_kind)  # type: ignore[arg-type]
+
+
+def _indexed(cfg: Config, index, loaded: dict[str, LoadedSplit], acc, run_dir: Path) -> Data:
+    num_classes = _num_classes(cfg, loaded)
+    train = loaded["train"]
+    noise = _noise(cfg, len(train.labels), num_classes)
+    if acc.is_main_process and cfg.data.noise_rate > 0:
+        atomic_write_json(run_dir / "noise.json", noise.record(train.labels))
+    num_errors = sum(len(ld.errors) for ld in loaded.values())
+    return Data(index, Split(torch.from_numpy(train.images), torch.from_numpy(noise.apply(train.labels))),
+                _eval_split(loaded["val"]), _eval_split(loaded["test"]), num_classes, noise.ids, num_errors,
+                None if train.valid.all() else train.valid)
+
+
+def _streaming(cfg: Config, index, loaded: dict[str, LoadedSplit], acc, run_dir: Path) -> Data:
+    from swift_scale.data.stream import StreamingSplit, StreamOptions
+
+    d, m = cfg.data, cfg.model
+    num_classes = _num_classes(cfg, loaded)
+    image_key, label_key, stream = d.image_key, d.label_key, None
+    if is_hf(index["train"].urls[0]):  # HF columns, with the usual fallbacks
+        stream = hf_stream_open(index["train"].urls)
+        names = hf_stream_columns(stream)
+        image_key = pick_column(names, d.image_key, ("image", "img", "pixel_values"), "data.train", "image_key")
+        label_key = pick_column(names, d.label_key, ("label", "labels", "cls"), "data.train", "label_key")
+    opts = StreamOptions(image_key=image_key, label_key=label_key, in_chans=m.in_chans, image_size=m.image_size,
+                         num_classes=num_classes, seed=cfg.seed, oversample=d.oversample,
+                         shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, on_error=d.on_error,
+                         sample_shape=loaded["val"].shape)
+    noise = _noise(cfg, index["train"].total, num_classes)
+    train = StreamingSplit(index["train"], opts, noise, hf_dataset=stream)
+    if acc.is_main_process and d.noise_rate > 0:  # labels are only read while streaming: ids + shifts
+        atomic_write_json(run_dir / "noise.json", noise.record())
+    return Data(index, train, _eval_split(loaded["val"]), _eval_split(loaded["test"]), num_classes, noise.ids,
+                sum(len(ld.errors) for ld in loaded.values()))
+
+
+# -- text ---------------------------------------------------------------------------------------------------
+def _load_text(cfg: Config, acc, run_dir: Path) -> Data:
+    """Text → tokenizer (trained on the training split unless given) → packed sequences; noise by id."""
+    from swift_scale.data.text import (
+        corrupt_sequences,
+        encode,
+        is_token_shards,
+        load_token_shards,
+        load_tokenizer,
+        pack,
+        read_text,
+        train_tokenizer,
+        unigram_rarity,
+    )
+
+    d = cfg.data
+    refs = {s: getattr(d, s) for s in SPLITS}
+    shards = {s: is_token_shards(r) for s, r in refs.items()}
+    if any(shards.values()) and not d.tokenizer:
+        raise ConfigError("data.tokenizer: token shards need the tokenizer directory that wrote them")
+    texts = {s: read_text(r, text_key=d.text_key, field=f"data.{s}") for s, r in refs.items() if not shards[s]}
+    tok_dir = run_dir / "tokenizer"
+    if not d.tokenizer and not (tok_dir / "tokenizer.json").exists() and acc.is_main_process:
+        train_tokenizer(texts["train"], d.vocab_size, tok_dir)
+    acc.wait_for_everyone()
+    tok = load_tokenizer(d.tokenizer or tok_dir)
+    vocab = len(tok)
+    index, seqs = {}, {}
+    for s, r in refs.items():
+        if shards[s]:  # large corpora: tokenized once into shards; the real shard table gives the ids
+            index[s] = build_shard_table(expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}"), acc)
+            seqs[s] = load_token_shards(index[s], d.seq_len, field=f"data.{s}")
+        else:
+            seqs[s] = pack(encode(tok, texts[s]), d.seq_len)
+            index[s] = hf_index(f"text:{s}", len(seqs[s]), 1024)
+        if len(seqs[s]) == 0:
+            raise DataError(f"data.{s}: fewer than data.seq_len={d.seq_len} tokens; give more text")
+        if seqs[s].max() >= vocab:
+            raise DataError(f"data.{s}: token id {seqs[s].max()} >= the tokenizer's {vocab}; wrong data.tokenizer")
+    noisy, corrupted = corrupt_sequences(seqs["train"], d.noise_rate, vocab, d.noise_seed or cfg.seed, d.noise_mode)
+    if acc.is_main_process:
+        atomic_write_json(run_dir / "index.json", {s: i.to_dict() for s, i in index.items()})
+        atomic_write_json(run_dir / "data_errors.json", {"count": 0, "errors": []})
+        if d.noise_rate > 0:
+            atomic_write_json(run_dir / "noise.json", {"rate": d.noise_rate, "mode": d.noise_mode,
+                                                       "num_flipped": len(corrupted),
+                                                       "flipped_ids": corrupted.tolist()})
+    eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+
+    def split(x: np.ndarray) -> TokenSplit:
+        return TokenSplit(torch.from_numpy(x))
+
+    return Data(index, split(noisy), split(seqs["val"]), split(seqs["test"]), vocab, corrupted, 0, None,
+                eos_id=eos, rarity=unigram_rarity(seqs["train"], vocab))

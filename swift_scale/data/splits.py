@@ -1,0 +1,156 @@
+"""What a run trains and evaluates on: in-memory splits, the training-source protocol and :class:`Data`.
+
+A *training source* yields each epoch's batches for one rank; the training loop and the features pass only
+talk to this protocol, whether the examples are held in memory (:class:`Split`, :class:`TokenSplit`: an epoch
+draws ids ∝ p with :func:`~swift_scale.selection.epoch_indices`) or streamed from shards every pass
+(:class:`~swift_scale.data.stream.StreamingSplit`: streaming rejection before decoding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from swift_scale.data.decode import images_to_input
+from swift_scale.data.shards import ShardIndex
+from swift_scale.selection import epoch_indices, rank_share
+
+__all__ = ["Batch", "TrainingSource", "Split", "TokenSplit", "Data", "OnlineSelect"]
+
+#: (model input on the device, targets on the device, global ids int64 [b] on the CPU)
+Batch = tuple[torch.Tensor, torch.Tensor, np.ndarray]
+#: The online selector of ``data.online``: (x, y, global ids, pass, keep) → bool mask [m] of the kept candidates.
+OnlineSelect = Callable[[torch.Tensor, torch.Tensor, np.ndarray, int, int], torch.Tensor]
+
+
+class TrainingSource(Protocol):
+    """The training split as the loop and the features pass see it.
+
+    Determinism: for a given seed, epoch, rank and world size :meth:`epoch` yields the same batches on every run,
+    and every rank gets the same number of steps (uneven data never hangs DDP).
+    """
+
+    def __len__(self) -> int: ...
+
+    def passes(self, epochs: int, sampled: bool) -> int:
+        """Passes over the data that give ``epochs`` epochs' worth of optimizer steps."""
+        ...
+
+    def epoch(self, probs: np.ndarray | None, epoch: int, *, seed: int, rank: int, world: int, per_rank: int,
+              start_step: int, device, online: OnlineSelect | None = None) -> tuple[int, Iterator[Batch]]:
+        """(steps of this pass, this rank's batches from ``start_step`` on), sampling ∝ ``probs`` (None: uniform)."""
+        ...
+
+    def feature_batches(self, shard: int, offset: int, count: int,
+                        batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every example of one shard in stored order as (stored x, y, global ids) batches (the features pass)."""
+        ...
+
+    def to_input(self, x: torch.Tensor, device) -> torch.Tensor:
+        """Stored examples → the model's input on ``device``."""
+        ...
+
+    def take_skipped(self) -> list[dict]:
+        """Bad samples met since the last call (id, url, key, reason); in-memory sources have none."""
+        ...
+
+
+@dataclass
+class Split:
+    """A decoded image split held in memory: images uint8 [N, C, H, W], labels int64 [N]; row = global id."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        """The stored examples of rows ``ids``."""
+        return self.images[ids]
+
+    def to_input(self, x: torch.Tensor, device) -> torch.Tensor:
+        """Stored uint8 images → the model's float input in [−1, 1] on ``device``."""
+        return images_to_input(x, device)
+
+    def batch(self, ids: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model input, targets) of rows ``ids`` on ``device``."""
+        idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        return self.to_input(self.inputs(idx), device), self.labels[idx].to(device, non_blocking=True)
+
+    def passes(self, epochs: int, sampled: bool) -> int:
+        return epochs
+
+    def epoch(self, probs, epoch, *, seed, rank, world, per_rank, start_step, device, online=None):
+        """An epoch of ⌈N / (world·b)⌉ steps: ids drawn ∝ p from (seed, epoch), identically on every rank, and
+        dealt into equal rank shares (:func:`~swift_scale.selection.rank_share`)."""
+        steps = math.ceil(len(self) / (per_rank * world))
+        ids = rank_share(epoch_indices(probs, len(self), seed, epoch, steps * per_rank * world), rank, world)
+        rows = (ids[i * per_rank:(i + 1) * per_rank] for i in range(start_step, steps))
+        return steps, ((*self.batch(r, device), r) for r in rows)
+
+    def feature_batches(self, shard, offset, count, batch_size):
+        ids = np.arange(offset, offset + count)
+        for b in range(0, len(ids), batch_size):
+            idx = torch.from_numpy(ids[b:b + batch_size])
+            yield self.inputs(idx), self.labels[idx], idx
+
+    def take_skipped(self) -> list[dict]:
+        return []
+
+
+class TokenSplit(Split):
+    """Packed token sequences held in memory, int64 [N, T]; row = global id. Input and target are the same
+    sequence (the task shifts it for next-token prediction)."""
+
+    def __init__(self, tokens: torch.Tensor):
+        super().__init__(tokens, tokens)
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return self.labels
+
+    def to_input(self, x: torch.Tensor, device) -> torch.Tensor:
+        return x.to(device, non_blocking=True)
+
+
+@dataclass
+class Data:
+    """Everything a run reads, decoded or opened once per process by :func:`~swift_scale.data.load_data`.
+
+    Attributes:
+        index: the shard table of each split (global ids).
+        train: the training source (in memory or streaming); val/test are held in memory.
+        num_outputs: the width of the model's output layer: classes (classification) or vocabulary size (LM).
+        noisy_ids: ids whose labels were flipped or whose text was corrupted (the benchmark's noise), sorted.
+        num_errors: bad samples skipped so far (data.on_error=skip).
+        train_valid: False for training rows that are never sampled (bad samples); None when all are valid.
+        eos_id: LM: the tokenizer's end-of-text id (the model's bos/eos); None for classification.
+        rarity: LM: −log unigram frequency of each token on the training split [vocab]; None otherwise.
+    """
+
+    index: dict[str, ShardIndex]
+    train: TrainingSource
+    val: Split
+    test: Split
+    num_outputs: int
+    noisy_ids: np.ndarray
+    num_errors: int = 0
+    train_valid: np.ndarray | None = None
+    eos_id: int | None = None
+    rarity: np.ndarray | None = None
+
+    def sampling_weights(self, probs: np.ndarray | None, streaming: bool) -> np.ndarray | None:
+        """``probs`` with bad rows set to 0 (renormalised); None stays None where a uniform pass already leaves
+        bad samples out (streaming)."""
+        valid = self.train_valid
+        if valid is None or (probs is None and streaming):
+            return probs
+        p = np.full(len(valid), 1.0) if probs is None else np.asarray(probs, dtype=np.float64)
+        p = p * valid
+        return p / p.sum() if p.sum() > 0 else valid / valid.sum()

@@ -1,0 +1,67 @@
+"""``summary.json``: the run's headline numbers, built from the finished phases' records.
+
+Contract (docs/design.md §4): at least ``task``, ``dataset``, ``model``, ``noise_rate``, ``baseline.metric``,
+``baseline.value``, ``swift.value``, ``search.trials``, ``search.best_score``, ``seconds`` per phase,
+``world_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from swift_scale.config import Config
+from swift_scale.report.metrics import noise_auroc
+
+__all__ = ["RunFacts", "build_summary"]
+
+
+@dataclass
+class RunFacts:
+    """What the summary needs besides the phase records."""
+
+    task: str
+    metric: str
+    num_train: int
+    world_size: int
+    device: str
+    mixed_precision: str
+    num_errors: int
+    seconds: dict = field(default_factory=dict)
+    noisy_ids: np.ndarray | None = None
+    probs: np.ndarray | None = None  # the learned sampler's probabilities over the training set
+
+
+def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, history: list[dict]) -> dict:
+    """The summary dict of a run whose pretrain and final phases are done (``history`` may be empty: a
+    transferred sampler)."""
+    metric = facts.metric
+    ok = [r for r in history if r.get("status") == "ok"]
+    best = max(ok, key=lambda r: r["score"]) if ok else None
+    if best is not None:
+        search = {"trials": len(history), "failed": len(history) - len(ok), "best_score": best["score"],
+                  "best_trial": best["trial"], "strategy": cfg.search.strategy,
+                  "uniform_score": history[0]["score"]}
+    else:
+        search = {"trials": 0, "best_score": None, "sampler": "transferred"}
+    summary = {
+        "task": facts.task,
+        "dataset": cfg.data.train,
+        "model": cfg.model.name,
+        "noise_rate": cfg.data.noise_rate,
+        "num_train": facts.num_train,
+        "baseline": {"metric": f"test_{metric}", "value": pretrain["test"][metric],
+                     f"val_{metric}": pretrain["val"][metric]},
+        "swift": {"metric": f"test_{metric}", "value": final["test"][metric], f"val_{metric}": final["val"][metric]},
+        "search": search,
+        "seconds": facts.seconds,
+        "world_size": facts.world_size,
+        "data_errors": facts.num_errors,
+        "device": facts.device,
+        "mixed_precision": facts.mixed_precision,
+        "seed": cfg.seed,
+    }
+    if facts.noisy_ids is not None and len(facts.noisy_ids) and facts.probs is not None:
+        summary["noise_detection_auroc"] = noise_auroc(facts.probs, facts.noisy_ids)
+    return summary

@@ -1,0 +1,118 @@
+"""The run folder's bookkeeping: where it may be, the saved config, phase timings, weights and JSON records.
+
+Contract (docs/design.md §4): ``runs/<run.name>/`` (or ``run.out_dir``) holds ``config.yaml`` (the resolved
+config, written first), ``seconds.json`` (wall time per phase) and one file or folder per phase. Everything here
+is checked *before* any phase runs, so a wrong folder or config is a one-line error that leaves the folder as it
+was. Methods that write are called on the main process only; the pipeline places the barriers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from swift_scale.config import Config, ConfigError, config_to_dict
+from swift_scale.io import atomic_write_json, atomic_write_text, load_state_dict, read_json, save_state_dict
+
+__all__ = ["RunFolder"]
+
+T = TypeVar("T")
+
+
+class RunFolder:
+    """One run's folder (``cfg.run_dir()``)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.root = cfg.run_dir()
+        self.seconds: dict[str, float] = {}
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    # -- before anything runs -------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Refuse a folder that cannot be this run's: a file, someone else's folder, an unwritable place, or a
+        run folder made with a different config (unless ``run.allow_changed_config``). Changes nothing."""
+        key = "run.out_dir" if self.cfg.run.out_dir else "run.name"
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{key}: {root} is a file, not a folder; choose another {key}")
+        if root.is_dir():
+            if not (root / "config.yaml").is_file() and any(root.iterdir()):
+                raise ConfigError(f"{key}: {root} holds files but is not a swift_scale run folder (no config.yaml); "
+                                  "choose an empty or new folder so nothing of yours is overwritten")
+            self._check_saved_config()
+        parent = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}: {parent} is not writable; choose a folder you can write to")
+
+    def _check_saved_config(self) -> None:
+        saved = self.path("config.yaml")
+        if not saved.exists():
+            return
+        try:
+            old = yaml.safe_load(saved.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{saved}: unreadable ({type(e).__name__}); move the folder away to start over") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{saved}: not a swift_scale run config (not a mapping); choose another run folder")
+        resolved = config_to_dict(self.cfg)
+        comparable = {k: v for k, v in resolved.items() if k != "run"}
+        # keys added to swift_scale after the folder was made compare at their defaults
+        defaults = config_to_dict(Config())
+        old_cmp = {k: ({**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v)
+                   for k, v in old.items() if k != "run"}
+        if comparable != old_cmp and not self.cfg.run.allow_changed_config:
+            diff = sorted(f"{s}.{k}" for s in comparable if isinstance(comparable[s], dict)
+                          for k in comparable[s] if (old_cmp.get(s) or {}).get(k) != comparable[s][k])
+            diff += [s for s in comparable if not isinstance(comparable[s], dict) and old_cmp.get(s) != comparable[s]]
+            raise ConfigError(f"{saved}: this run folder was made with a different config ({', '.join(diff[:4])}); "
+                              "use another run.name, or run.allow_changed_config=true to continue it anyway")
+
+    # -- writing (main process) -----------------------------------------------------------------------------
+    def create(self) -> None:
+        """Make the folder, save the resolved config and load the timings recorded so far."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path("config.yaml"), yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+        timings = self.path("seconds.json")
+        self.seconds = read_json(timings, "delete it") if timings.exists() else {}
+
+    def timed(self, phase: str, fn: Callable[[], T], write: bool) -> T:
+        """Run ``fn``, adding its wall time to ``seconds.json`` (written when ``write``)."""
+        t0 = time.time()
+        out = fn()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.time() - t0, 2)
+        if write:
+            atomic_write_json(self.path("seconds.json"), self.seconds)
+        return out
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        atomic_write_json(self.path(rel), obj)
+
+    def read_json(self, rel: str) -> Any:
+        """A record of a finished phase; a damaged one names the file and what to delete."""
+        path = self.path(rel)
+        return read_json(path, f"delete {path.parent if path.parent != self.root else path} to redo that phase")
+
+    def has(self, rel: str) -> bool:
+        return self.path(rel).exists()
+
+    def save_weights(self, rel: str, state: dict) -> None:
+        save_state_dict(self.path(rel), state)
+
+    def load_weights(self, rel: str) -> dict:
+        path = self.path(rel)
+        return load_state_dict(path, name=rel, fix=f"delete {path.parent} to redo that phase")
+
+    def load_timings(self) -> None:
+        """The timings written by the main process (other ranks read them for the summary)."""
+        timings = self.path("seconds.json")
+        if timings.exists():
+            self.seconds = json.loads(timings.read_text())

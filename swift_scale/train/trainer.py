@@ -1,0 +1,96 @@
+"""Model building and the training wrapper of one run: every training (pretrain, trials, final, rules) goes
+through :meth:`Trainer.fit` on the run's :class:`~swift_scale.data.splits.Data`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swift_scale.config import Config
+from swift_scale.data.splits import Data, OnlineSelect
+from swift_scale.train.loop import BatchRecorder, Checkpoints, TrainSpec, evaluate, train_model
+from swift_scale.train.models import create_lm, create_model
+from swift_scale.train.tasks import Task
+
+__all__ = ["Trainer"]
+
+Log = Callable[[str, dict, int], None]
+
+
+class Trainer:
+    """Builds models for ``data`` as ``cfg.model`` says and trains them with ``cfg.train``'s settings.
+
+    Args:
+        cfg: the run's config.
+        accelerator: the run's accelerate ``Accelerator``.
+        data: the run's data (it fixes the output width and, for LMs, the eos id).
+        task: classification or LM.
+        log: ``log(prefix, values, step)`` sends numbers to the trackers (default: nowhere).
+    """
+
+    def __init__(self, cfg: Config, accelerator, data: Data, task: Task, log: Log | None = None):
+        self.cfg, self.acc, self.data, self.task = cfg, accelerator, data, task
+        self.log = log or (lambda prefix, values, step: None)
+
+    def new_model(self, state: dict | None = None) -> torch.nn.Module:
+        """A fresh model initialised from ``seed`` (the same on every rank and rerun), then ``state`` if given."""
+        m = self.cfg.model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            if self.cfg.data.task == "lm":
+                eos = {"bos_token_id": self.data.eos_id, "eos_token_id": self.data.eos_id}
+                model = create_lm(m.name, self.data.num_outputs, self.cfg.data.seq_len, m.checkpoint,
+                                  **(eos | m.kwargs))
+            else:
+                model = create_model(m.name, self.data.num_outputs, m.in_chans, m.checkpoint, **m.kwargs)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    def state(self, model: torch.nn.Module) -> dict:
+        """The model's weights on the CPU, detached (unwrapped from DDP)."""
+        return {k: v.detach().cpu().clone() for k, v in self.acc.unwrap_model(model).state_dict().items()}
+
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict:
+        """The task's metrics of ``model`` on ``val`` or ``test``."""
+        return evaluate(self.acc, model, getattr(self.data, split), task=self.task)
+
+    def fit(self, probs: np.ndarray | None, *, epochs: int, lr: float, ckpt_dir: Path | None = None,
+            state: dict | None = None, desc: str = "train", eval_each_epoch: bool = True,
+            hook: Callable[[int, torch.nn.Module], None] | None = None, online: OnlineSelect | None = None,
+            recorder: BatchRecorder | None = None) -> tuple[torch.nn.Module, list[dict]]:
+        """Train a fresh model (from ``state`` if given) for ``epochs`` epochs sampling ∝ ``probs``.
+
+        Bad training rows are never drawn. With ``eval_each_epoch`` every epoch is scored on val and test and
+        logged as ``desc/...``; ``hook(epoch, model)`` runs first (the pretrain phase saves θ0 there).
+        """
+        t = self.cfg.train
+        model = self.new_model(state)
+        probs = self.data.sampling_weights(probs, streaming=self.cfg.data.mode == "streaming")
+
+        def on_epoch(epoch: int, m: torch.nn.Module) -> dict:
+            if hook is not None:
+                hook(epoch, m)
+            if not eval_each_epoch:
+                return {}
+            v, s = self.evaluate(m, "val"), self.evaluate(m, "test")
+            m.train()
+            row = {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+            if "perplexity" in v:
+                row.update(val_perplexity=v["perplexity"], test_perplexity=s["perplexity"])
+            self.log(desc, row, epoch)
+            return row
+
+        spec = TrainSpec(epochs, t.batch_size, lr, t.weight_decay, t.schedule, self.cfg.seed)  # type: ignore[arg-type]
+        checkpoints = Checkpoints(ckpt_dir, t.checkpoint_steps) if ckpt_dir is not None else None
+        curve = train_model(self.acc, model, self.data.train, probs=probs, spec=spec, task=self.task,
+                            checkpoints=checkpoints, on_epoch=on_epoch, recorder=recorder, online=online,
+                            desc=desc, progress=t.progress)
+        return model, curve
+
+    def metrics(self, model: torch.nn.Module, curve: list[dict]) -> dict:
+        """What a finished training records: val and test metrics of its last epoch and the curve."""
+        return {"val": self.evaluate(model, "val"), "test": self.evaluate(model, "test"), "curve": curve}
