@@ -12,7 +12,8 @@ from swift_scale.config import Config, ConfigError
 from swift_scale.run_folder import RunFolder
 from swift_scale.train.tasks import ClassificationTask, LMTask
 
-__all__ = ["check_precision", "check_sampler_features", "sampler_features", "stored_features", "check_transfer"]
+__all__ = ["check_precision", "check_sampler_features", "sampler_features", "stored_features", "check_transfer",
+           "check_model"]
 
 
 def stored_features(cfg: Config) -> tuple[str, ...]:
@@ -68,3 +69,31 @@ def check_transfer(cfg: Config, folder: RunFolder, sampler_path: str | Path) -> 
         if not same:
             raise ConfigError(f"{own}: this run folder already holds another sampler (its own search's or an "
                               "earlier transfer's); train the transferred sampler in a new run.name")
+
+
+def check_model(cfg: Config) -> None:
+    """An unknown model name, constructor argument or an unreadable ``model.checkpoint`` file, found by building
+    the model on the meta device (no memory) before any data is read; whether the checkpoint's shapes fit is
+    checked once the number of classes is known (:meth:`~swift_scale.train.trainer.Trainer.check_model`)."""
+    import os
+
+    import torch
+
+    m = cfg.model
+    if cfg.data.task == "lm":
+        from swift_scale.train.models import create_lm
+
+        path = m.checkpoint or (m.name if os.path.isdir(m.name) else None)
+        if path is None:
+            with torch.device("meta"):
+                create_lm(m.name, 512, cfg.data.seq_len, None, **({"bos_token_id": 0, "eos_token_id": 0} | m.kwargs))
+        elif not os.path.isdir(path):
+            raise ConfigError(f"model.checkpoint: {path} is not a local transformers checkpoint directory")
+        return
+    from swift_scale.io import load_state_dict
+    from swift_scale.train.models import create_model
+
+    with torch.device("meta"):
+        create_model(m.name, cfg.data.num_classes or 10, m.in_chans, None, **m.kwargs)
+    if m.checkpoint:
+        load_state_dict(m.checkpoint, name="model.checkpoint", fix="give a state_dict saved with torch.save")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,9 @@ def load_state_dict(path: str | os.PathLike, *, name: str, fix: str) -> dict:
     if not path.is_file():
         raise FileError(f"{name}: {path} {'is a directory' if path.is_dir() else 'does not exist'}; {fix}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says what matters
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for garbage, truncation and refused pickles
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise FileError(f"{name}: {path} is not a readable weights file ({type(e).__name__}: {reason}); {fix}") from None

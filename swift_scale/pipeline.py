@@ -16,14 +16,16 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from swift_scale.config import Config, config_to_dict
+from swift_scale.config import Config
 from swift_scale.data import Data, load_data
 from swift_scale.features.extract import extract_features
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import read_jsonl
 from swift_scale.report.summary import RunFacts, build_summary
+from swift_scale.report.tracking import Tracking, trackers_of
 from swift_scale.run_folder import RunFolder
 from swift_scale.sampler.swift import SwiftSampler, num_params, uniform_theta
+from swift_scale.search.driver import best_or_raise, run_search
 from swift_scale.search.engine import SearchEngine
 from swift_scale.train.tasks import Task, task_for
 from swift_scale.train.trainer import Trainer
@@ -43,35 +45,37 @@ class Pipeline:
         self.cfg = cfg
         self.folder = RunFolder(cfg)
         self.dir = self.folder.root
-        trackers = [t.strip() for t in cfg.train.log_with.split(",") if t.strip()]
         check_precision(cfg)
         self.acc = accelerator or Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
-                                              log_with=trackers or None, project_dir=str(self.dir / "logs"))
-        self.tracking = bool(trackers)
+                                              log_with=trackers_of(cfg) or None, project_dir=str(self.dir / "logs"))
+        self.tracking = Tracking(cfg, self.acc)
+        self.log = self.tracking.log
 
     # -- the run folder -------------------------------------------------------------------------------------
-    def prepare_dir(self, sampler_path: str | Path | None = None) -> None:
-        """Check everything a user can get wrong (before any phase), then create the folder and save the
-        resolved config. Refuses a folder made by a different config."""
-        from swift_scale.checks import check_sampler_features, check_transfer
+    def check(self, sampler_path: str | Path | None = None) -> None:
+        """Everything a user can get wrong that is known before the data is read: the run folder (and its
+        records), the sampler's features, the model, a transferred sampler. Writes nothing."""
+        from swift_scale.checks import check_model, check_sampler_features, check_transfer
 
         self.folder.check()
+        self.folder.check_records()
         check_sampler_features(self.cfg)
+        check_model(self.cfg)
         if sampler_path is not None:
             check_transfer(self.cfg, self.folder, sampler_path)
+
+    def prepare_dir(self, sampler_path: str | Path | None = None) -> None:
+        """:meth:`check`, read the data, check the model fits it, then create the folder: the resolved config
+        first, then the data's records. A failure before this point leaves no folder (or an existing one
+        unchanged). Refuses a folder made by a different config."""
+        self.check(sampler_path)
+        self.folder.timed("index", lambda: self.data, write=False)
+        self.trainer.check_model()
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            self.folder.create()
+            self.folder.create(self.data.records)
         self.acc.wait_for_everyone()
-        if self.tracking:
-            flat = {f"{sec}.{k}": v for sec, d in config_to_dict(self.cfg).items() if isinstance(d, dict)
-                    for k, v in d.items() if isinstance(v, (int, float, str, bool))}
-            self.acc.init_trackers(self.cfg.run.name, config=flat)
-
-    def log(self, prefix: str, values: dict, step: int) -> None:
-        """Send numeric values to the configured accelerate trackers as ``prefix/key``."""
-        if self.tracking:
-            self.acc.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+        self.tracking.start()
 
     # -- what the phases share ------------------------------------------------------------------------------
     @cached_property
@@ -105,29 +109,17 @@ class Pipeline:
         return SwiftSampler.from_theta(theta, names, q, self.cfg.sampler.transform).fit(feats)  # type: ignore[arg-type]
 
     def _online(self, sampler: SwiftSampler | None):
-        """The online selector (data.online): frozen θ0 scores each candidate window, the sampler keeps b."""
+        """The online selector (data.online), or None."""
         if sampler is None or not self.cfg.data.online:
             return None
-        from swift_scale.sampler.stages import online_keep
-
-        model0 = self.new_model(self.theta0()).to(self.acc.device).eval()
-        seed = self.cfg.seed
-        return lambda x, y, gids, pass_, keep: online_keep(sampler, model0, x, y, gids, keep, seed=seed, epoch=pass_)
+        return self.trainer.online_selector(sampler, self.theta0())
 
     def train_with(self, probs: np.ndarray | None, out: Path, desc: str, sampler: SwiftSampler | None = None,
                    hook=None) -> dict:
         """Train at the full budget sampling ∝ ``probs`` (None: uniform) into ``out`` (checkpoints and
         ``metrics.json``), from scratch unless ``train.final_from_scratch=false`` and a sampler is given."""
         state = None if probs is None or self.cfg.train.final_from_scratch else self.theta0()
-        model, curve = self.trainer.fit(probs, epochs=self.cfg.train.epochs, lr=self.cfg.train.lr,
-                                        ckpt_dir=out / "ckpt", state=state, desc=desc, hook=hook,
-                                        online=self._online(sampler))
-        metrics = self.trainer.metrics(model, curve)
-        if self.acc.is_main_process:
-            self.folder.write_json(str((out / "metrics.json").relative_to(self.dir)), metrics)
-        self.acc.wait_for_everyone()
-        self.acc.free_memory()
-        return metrics
+        return self.trainer.train_to(out, probs, state=state, desc=desc, hook=hook, online=self._online(sampler))
 
     # -- phases ---------------------------------------------------------------------------------------------
     def pretrain(self) -> dict:
@@ -158,22 +150,13 @@ class Pipeline:
     def _note_streaming_skips(self, store: FeatureStore) -> FeatureStore:
         """Streaming with ``data.on_error=skip``: the features pass finds the bad training samples (their shards'
         done markers list them). From then on they are never sampled and are reported like the indexed mode's."""
-        if self.cfg.data.mode != "streaming" or self.data.train_valid is not None:
-            return store
-        by_id = {e["id"]: e for info in store.done_info().values() for e in info.get("skipped", [])}
-        if not by_id:
-            return store
-        skipped = [by_id[k] for k in sorted(by_id)]
-        valid = np.ones(len(self.data.train), dtype=bool)
-        valid[list(by_id)] = False
-        self.data.train_valid, self.data.num_errors = valid, self.data.num_errors + len(skipped)
-        logger.warning("skipped %d bad training sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
-                       len(skipped), skipped[0]["url"], skipped[0]["key"], skipped[0]["reason"],
-                       self.dir / "data_errors.json")
-        if self.acc.is_main_process:
-            errors = [e for e in self.folder.read_json("data_errors.json")["errors"] if e["split"] != "train"]
-            errors += [{"split": "train", **e} for e in skipped]
-            self.folder.write_json("data_errors.json", {"count": len(errors), "errors": errors})
+        if self.cfg.data.mode == "streaming" and self.data.train_valid is None and (skipped := store.skipped()):
+            self.data.exclude(skipped)
+            logger.warning("skipped %d bad training sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
+                           len(skipped), skipped[0]["url"], skipped[0]["key"], skipped[0]["reason"],
+                           self.dir / "data_errors.json")
+            if self.acc.is_main_process:
+                self.folder.record_data_errors("train", skipped)
         return store
 
     def search(self) -> dict:
@@ -186,17 +169,8 @@ class Pipeline:
                               num_restarts=s.num_restarts, raw_samples=s.raw_samples,
                               initial=[uniform_theta(self.cfg.sampler.segments)])
         state0 = self.theta0()
-        while engine.num_trials < s.trials:
-            trial = engine.ask()  # the same θ on every rank: proposals are a function of the shared history
-            sampler = self.make_sampler(trial.theta, store, feats)
-            score, error = self._trial(sampler, feats, state0, trial.index)
-            self.acc.wait_for_everyone()
-            rec = engine.tell(trial, score, error=error, persist=self.acc.is_main_process)
-            self.acc.wait_for_everyone()
-            best = engine.best()
-            self.log("search", {"score": rec["score"] if rec["score"] is not None else float("nan"),
-                                "best_so_far": best["score"] if best else float("nan")}, trial.index)
-            logger.info("trial %d score %s (best %s)", trial.index, rec["score"], best and best["score"])
+        run_search(engine, s.trials, lambda t: self._trial(self.make_sampler(t.theta, store, feats), feats, state0,
+                                                           t.index), self.acc, self.log)
         return self._publish_best(engine, store, feats)
 
     def _trial(self, sampler: SwiftSampler, feats, state0: dict, index: int) -> tuple[float | None, str | None]:
@@ -213,10 +187,7 @@ class Pipeline:
             self.acc.free_memory()
 
     def _publish_best(self, engine: SearchEngine, store: FeatureStore, feats) -> dict:
-        best = engine.best()
-        if best is None:
-            first = next((r.get("error") for r in engine.history if r.get("error")), "unknown")
-            raise RuntimeError(f"every search trial failed (first: {first}); see {engine.path}")
+        best = best_or_raise(engine)
         sampler = self.make_sampler(np.asarray(best["params"]), store, feats)
         sampler.info = {"trial": best["trial"], "val_score": best["score"], "model": self.cfg.model.name,
                         "run": str(self.dir)}
@@ -268,7 +239,6 @@ class Pipeline:
             raise ValueError(f"unknown phase {until!r}; one of {PHASES}")
         stop, main = PHASES.index(until), self.acc.is_main_process
         self.prepare_dir(sampler_path)
-        self.folder.timed("index", lambda: self.data, main)
         for phase, fn in (("pretrain", self.pretrain), ("features", self.features), ("search", self.search)):
             if stop >= PHASES.index(phase) and not (phase == "search" and sampler_path is not None):
                 self.folder.timed(phase, fn, main)

@@ -53,6 +53,27 @@ class RunFolder:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise ConfigError(f"{key}: {parent} is not writable; choose a folder you can write to")
 
+    def check_records(self) -> None:
+        """Read every record a resumed run would read (phase metrics, θ0, checkpoints' commit points, the
+        feature store, the search history, the sampler), so a damaged one is named before any phase runs rather
+        than half way through. Changes nothing."""
+        from swift_scale.features.store import FeatureStore
+        from swift_scale.io import read_jsonl
+        from swift_scale.sampler.swift import SwiftSampler
+
+        for rel in ("pretrain/metrics.json", "final/metrics.json", "pretrain/ckpt/state.json",
+                    "final/ckpt/state.json", *(str(p.relative_to(self.root)) for p in self.root.glob("rules/*/metrics.json"))):
+            if self.has(rel):
+                self.read_json(rel)
+        if self.has("pretrain/theta0.pt"):
+            self.load_weights("pretrain/theta0.pt")
+        if self.has("features/meta.json"):
+            FeatureStore(self.path("features"))
+        if self.has("search/history.jsonl"):
+            read_jsonl(self.path("search", "history.jsonl"))
+        if self.has("sampler.json"):
+            SwiftSampler.load(self.path("sampler.json"))
+
     def _check_saved_config(self) -> None:
         saved = self.path("config.yaml")
         if not saved.exists():
@@ -77,12 +98,23 @@ class RunFolder:
                               "use another run.name, or run.allow_changed_config=true to continue it anyway")
 
     # -- writing (main process) -----------------------------------------------------------------------------
-    def create(self) -> None:
-        """Make the folder, save the resolved config and load the timings recorded so far."""
+    def create(self, records: dict[str, Any] | None = None) -> None:
+        """Make the folder, save the resolved config (first), then ``records`` (relative path → a JSON-able
+        object, or an object with ``save_pretrained``), and load the timings recorded so far."""
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path("config.yaml"), yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+        for rel, obj in (records or {}).items():
+            if hasattr(obj, "save_pretrained"):
+                from swift_scale.data.text import save_tokenizer
+
+                save_tokenizer(obj, self.path(rel))
+            else:
+                atomic_write_json(self.path(rel), obj)
         timings = self.path("seconds.json")
-        self.seconds = read_json(timings, "delete it") if timings.exists() else {}
+        recorded = read_json(timings, "delete it") if timings.exists() else {}
+        for phase, seconds in self.seconds.items():  # timed before the folder existed (the index phase)
+            recorded[phase] = round(recorded.get(phase, 0.0) + seconds, 2)
+        self.seconds = recorded
 
     def timed(self, phase: str, fn: Callable[[], T], write: bool) -> T:
         """Run ``fn``, adding its wall time to ``seconds.json`` (written when ``write``)."""
@@ -100,6 +132,12 @@ class RunFolder:
         """A record of a finished phase; a damaged one names the file and what to delete."""
         path = self.path(rel)
         return read_json(path, f"delete {path.parent if path.parent != self.root else path} to redo that phase")
+
+    def record_data_errors(self, split: str, entries: list[dict]) -> None:
+        """Replace ``split``'s entries of ``data_errors.json`` by ``entries``."""
+        errors = [e for e in self.read_json("data_errors.json")["errors"] if e["split"] != split]
+        errors += [{"split": split, **e} for e in entries]
+        self.write_json("data_errors.json", {"count": len(errors), "errors": errors})
 
     def has(self, rel: str) -> bool:
         return self.path(rel).exists()

@@ -146,4 +146,4 @@ def test_cli_corrupt_checkpoint_is_named(tmp_path, digits_shards):
     (out / "pretrain" / "metrics.json").unlink()  # force the pretrain phase to resume from its checkpoint
     (out / "pretrain" / "ckpt" / "state.json").write_text("{broken")
     res = cli("run", *args)
-    assert res.returncode == 2 and "checkpoint cannot be loaded" in res.stderr and "ckpt" in res.stderr
+    assert res.returncode == 2 and "ckpt/state.json" in res.stderr and "to redo that phase" in res.stderr

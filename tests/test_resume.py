@@ -103,16 +103,17 @@ def test_run_folder_from_an_older_version_without_new_keys_still_resumes(tmp_pat
     import yaml
 
     from swift_scale.config import load_config
-    from swift_scale.pipeline import Pipeline
+    from swift_scale.run_folder import RunFolder
 
     cfg = load_config(None, ["data.train=a.tar", "data.val=b.tar", "data.test=c.tar", f"run.out_dir={tmp_path}",
                              "train.cpu=true"])
-    Pipeline(cfg).prepare_dir()
+    RunFolder(cfg).check()
+    RunFolder(cfg).create()
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     del saved["data"]["online"], saved["sampler"]["segments"]  # as written by an older swift_scale
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    Pipeline(cfg).prepare_dir()  # no error
+    RunFolder(cfg).check()  # no error
     changed = load_config(None, ["data.train=a.tar", "data.val=b.tar", "data.test=c.tar", f"run.out_dir={tmp_path}",
                                  "train.cpu=true", "sampler.segments=6"])
     with pytest.raises(Exception, match="sampler.segments"):
-        Pipeline(changed).prepare_dir()
+        RunFolder(changed).check()

@@ -11,7 +11,7 @@ from swift_scale.data.text import corrupt_sequences, pack, unigram_rarity
 from swift_scale.features.functions import lm_features
 from tests.conftest import ROOT, cli
 
-TEXT = ROOT / "tests" / "data"
+TEXT = ROOT / "tests" / "fixtures"
 
 
 def test_lm_features_match_a_direct_computation():

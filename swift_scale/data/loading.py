@@ -3,8 +3,9 @@
 Every process calls it once. The index pass is split over ranks (shard ordinal mod world size) and its counts
 all-gathered; val and test are always decoded into memory; the training split is decoded too (indexed mode) or
 opened as a :class:`~swift_scale.data.stream.StreamingSplit` (streaming mode), or tokenized and packed into
-sequences (language modelling). The main process records ``index.json``, ``noise.json`` and
-``data_errors.json`` in the run folder.
+sequences (language modelling). Nothing is written: ``index.json``, ``noise.json``, ``data_errors.json`` (and an
+LM's trained tokenizer) are returned in :attr:`Data.records` for the pipeline to publish once the run folder
+exists, so a data error leaves no folder behind. A cached ``index.json`` in ``run_dir`` is reused.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from swift_scale.data.hf import (
 from swift_scale.data.noise import NoisePlan
 from swift_scale.data.shards import ShardIndex, build_index, expand_shards, load_split
 from swift_scale.data.splits import Data, Split, TokenSplit
-from swift_scale.io import atomic_write_json
 
 __all__ = ["load_data", "build_shard_table", "MIN_VAL_EXAMPLES"]
 
@@ -49,9 +49,11 @@ def load_data(cfg: Config, accelerator, run_dir: Path) -> Data:
         data = _load_text(cfg, accelerator, run_dir)
     else:
         index = _shard_tables(cfg, accelerator, run_dir)
-        loaded = _decode_in_memory(cfg, index, accelerator, run_dir)
-        data = (_streaming(cfg, index, loaded, accelerator, run_dir) if cfg.data.mode == "streaming"
-                else _indexed(cfg, index, loaded, accelerator, run_dir))
+        loaded = _decode_in_memory(cfg, index, run_dir)
+        data = _streaming(cfg, index, loaded) if cfg.data.mode == "streaming" else _indexed(cfg, index, loaded)
+        errors = [{"split": s, **e} for s, ld in loaded.items() for e in ld.errors]
+        data.records["index.json"] = {s: i.to_dict() for s, i in index.items()}
+        data.records["data_errors.json"] = {"count": len(errors), "errors": errors}
     scored = len(data.val) * (cfg.data.seq_len - 1 if cfg.data.task == "lm" else 1)  # examples or tokens
     least = MIN_VAL_EXAMPLES * (40 if cfg.data.task == "lm" else 1)
     if scored < least:
@@ -85,8 +87,6 @@ def _shard_tables(cfg: Config, acc, run_dir: Path) -> dict[str, ShardIndex]:
     for s, idx in index.items():
         if idx.total == 0:
             raise DataError(f"data.{s}: the split is empty ({len(idx.urls)} shard(s) with no samples)")
-    if acc.is_main_process:
-        atomic_write_json(path, {s: i.to_dict() for s, i in index.items()})
     return index
 
 
@@ -123,8 +123,8 @@ def build_shard_table(urls: list[str], acc, count: Callable[[int], int] | None =
 
 
 # -- images -------------------------------------------------------------------------------------------------
-def _decode_in_memory(cfg: Config, index: dict[str, ShardIndex], acc, run_dir: Path) -> dict[str, LoadedSplit]:
-    """Decode val, test and (indexed mode) train; check that their image shapes agree; record bad samples."""
+def _decode_in_memory(cfg: Config, index: dict[str, ShardIndex], run_dir: Path) -> dict[str, LoadedSplit]:
+    """Decode val, test and (indexed mode) train; check that their image shapes agree; report bad samples."""
     d, m = cfg.data, cfg.model
     opts = dict(image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans, image_size=m.image_size,
                 on_error=d.on_error)
@@ -146,8 +146,6 @@ def _decode_in_memory(cfg: Config, index: dict[str, ShardIndex], acc, run_dir: P
         logger.warning("skipped %d bad sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
                        len(errors), errors[0]["url"], errors[0]["key"], errors[0]["reason"],
                        run_dir / "data_errors.json")
-    if acc.is_main_process:
-        atomic_write_json(run_dir / "data_errors.json", {"count": len(errors), "errors": errors})
     return loaded
 
 
@@ -181,19 +179,20 @@ def _noise(cfg: Config, num_examples: int, num_classes: int) -> NoisePlan:
     return NoisePlan.make(num_examples, d.noise_rate, num_classes, d.noise_seed or cfg.seed, d.noise_kind)  # type: ignore[arg-type]
 
 
-def _indexed(cfg: Config, index, loaded: dict[str, LoadedSplit], acc, run_dir: Path) -> Data:
+def _indexed(cfg: Config, index, loaded: dict[str, LoadedSplit]) -> Data:
     num_classes = _num_classes(cfg, loaded)
     train = loaded["train"]
     noise = _noise(cfg, len(train.labels), num_classes)
-    if acc.is_main_process and cfg.data.noise_rate > 0:
-        atomic_write_json(run_dir / "noise.json", noise.record(train.labels))
     num_errors = sum(len(ld.errors) for ld in loaded.values())
-    return Data(index, Split(torch.from_numpy(train.images), torch.from_numpy(noise.apply(train.labels))),
+    data = Data(index, Split(torch.from_numpy(train.images), torch.from_numpy(noise.apply(train.labels))),
                 _eval_split(loaded["val"]), _eval_split(loaded["test"]), num_classes, noise.ids, num_errors,
                 None if train.valid.all() else train.valid)
+    if cfg.data.noise_rate > 0:
+        data.records["noise.json"] = noise.record(train.labels)
+    return data
 
 
-def _streaming(cfg: Config, index, loaded: dict[str, LoadedSplit], acc, run_dir: Path) -> Data:
+def _streaming(cfg: Config, index, loaded: dict[str, LoadedSplit]) -> Data:
     from swift_scale.data.stream import StreamingSplit, StreamOptions
 
     d, m = cfg.data, cfg.model
@@ -210,10 +209,11 @@ def _streaming(cfg: Config, index, loaded: dict[str, LoadedSplit], acc, run_dir:
                          sample_shape=loaded["val"].shape)
     noise = _noise(cfg, index["train"].total, num_classes)
     train = StreamingSplit(index["train"], opts, noise, hf_dataset=stream)
-    if acc.is_main_process and d.noise_rate > 0:  # labels are only read while streaming: ids + shifts
-        atomic_write_json(run_dir / "noise.json", noise.record())
-    return Data(index, train, _eval_split(loaded["val"]), _eval_split(loaded["test"]), num_classes, noise.ids,
+    data = Data(index, train, _eval_split(loaded["val"]), _eval_split(loaded["test"]), num_classes, noise.ids,
                 sum(len(ld.errors) for ld in loaded.values()))
+    if d.noise_rate > 0:  # labels are only read while streaming: ids + shifts
+        data.records["noise.json"] = noise.record()
+    return data
 
 
 # -- text ---------------------------------------------------------------------------------------------------
@@ -227,7 +227,6 @@ def _load_text(cfg: Config, acc, run_dir: Path) -> Data:
         load_tokenizer,
         pack,
         read_text,
-        train_tokenizer,
         unigram_rarity,
     )
 
@@ -238,10 +237,11 @@ def _load_text(cfg: Config, acc, run_dir: Path) -> Data:
         raise ConfigError("data.tokenizer: token shards need the tokenizer directory that wrote them")
     texts = {s: read_text(r, text_key=d.text_key, field=f"data.{s}") for s, r in refs.items() if not shards[s]}
     tok_dir = run_dir / "tokenizer"
-    if not d.tokenizer and not (tok_dir / "tokenizer.json").exists() and acc.is_main_process:
-        train_tokenizer(texts["train"], d.vocab_size, tok_dir)
-    acc.wait_for_everyone()
-    tok = load_tokenizer(d.tokenizer or tok_dir)
+    trained = None
+    if d.tokenizer or (tok_dir / "tokenizer.json").exists():
+        tok = load_tokenizer(d.tokenizer or tok_dir)
+    else:  # trained on the main process and sent to the others: saved with the run folder's other records
+        tok = trained = shared_tokenizer(acc, texts["train"], d.vocab_size)
     vocab = len(tok)
     index, seqs = {}, {}
     for s, r in refs.items():
@@ -256,17 +256,31 @@ def _load_text(cfg: Config, acc, run_dir: Path) -> Data:
         if seqs[s].max() >= vocab:
             raise DataError(f"data.{s}: token id {seqs[s].max()} >= the tokenizer's {vocab}; wrong data.tokenizer")
     noisy, corrupted = corrupt_sequences(seqs["train"], d.noise_rate, vocab, d.noise_seed or cfg.seed, d.noise_mode)
-    if acc.is_main_process:
-        atomic_write_json(run_dir / "index.json", {s: i.to_dict() for s, i in index.items()})
-        atomic_write_json(run_dir / "data_errors.json", {"count": 0, "errors": []})
-        if d.noise_rate > 0:
-            atomic_write_json(run_dir / "noise.json", {"rate": d.noise_rate, "mode": d.noise_mode,
-                                                       "num_flipped": len(corrupted),
-                                                       "flipped_ids": corrupted.tolist()})
     eos = tok.eos_token_id if tok.eos_token_id is not None else 0
 
     def split(x: np.ndarray) -> TokenSplit:
         return TokenSplit(torch.from_numpy(x))
 
-    return Data(index, split(noisy), split(seqs["val"]), split(seqs["test"]), vocab, corrupted, 0, None,
+    data = Data(index, split(noisy), split(seqs["val"]), split(seqs["test"]), vocab, corrupted, 0, None,
                 eos_id=eos, rarity=unigram_rarity(seqs["train"], vocab))
+    data.records["index.json"] = {s: i.to_dict() for s, i in index.items()}
+    data.records["data_errors.json"] = {"count": 0, "errors": []}
+    if d.noise_rate > 0:
+        data.records["noise.json"] = {"rate": d.noise_rate, "mode": d.noise_mode, "num_flipped": len(corrupted),
+                                      "flipped_ids": corrupted.tolist()}
+    if trained is not None:
+        data.records["tokenizer"] = trained
+    return data
+
+
+def shared_tokenizer(acc, text: str, vocab_size: int):
+    """A byte-level BPE trained on ``text`` by the main process and broadcast to every rank (as its JSON), so
+    all ranks tokenize identically without a file."""
+    from swift_scale.data.text import tokenizer_from_json, tokenizer_json, train_tokenizer
+
+    payload = [tokenizer_json(train_tokenizer(text, vocab_size)) if acc.is_main_process else None]
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(payload)
+    return tokenizer_from_json(payload[0])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -132,6 +132,9 @@ class Data:
         train_valid: False for training rows that are never sampled (bad samples); None when all are valid.
         eos_id: LM: the tokenizer's end-of-text id (the model's bos/eos); None for classification.
         rarity: LM: −log unigram frequency of each token on the training split [vocab]; None otherwise.
+        records: what the run folder should record about the data (relative path → a JSON-able object, or an
+            object with ``save_pretrained`` such as a trained tokenizer); published by the pipeline once the
+            folder is created, so a failed load leaves no folder behind.
     """
 
     index: dict[str, ShardIndex]
@@ -144,6 +147,13 @@ class Data:
     train_valid: np.ndarray | None = None
     eos_id: int | None = None
     rarity: np.ndarray | None = None
+    records: dict[str, Any] = field(default_factory=dict)
+
+    def exclude(self, bad: list[dict]) -> None:
+        """Never sample the training rows of ``bad`` (entries with an ``id``), and count them."""
+        valid = np.ones(len(self.train), dtype=bool) if self.train_valid is None else self.train_valid.copy()
+        valid[[e["id"] for e in bad]] = False
+        self.train_valid, self.num_errors = valid, self.num_errors + len(bad)
 
     def sampling_weights(self, probs: np.ndarray | None, streaming: bool) -> np.ndarray | None:
         """``probs`` with bad rows set to 0 (renormalised); None stays None where a uniform pass already leaves

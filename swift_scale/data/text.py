@@ -23,7 +23,8 @@ from swift_scale.data.hf import is_hf, open_hf
 from swift_scale.data.shards import DataError, raw_samples
 from swift_scale.rng import stream_id, uniform01
 
-__all__ = ["is_token_shards", "load_token_shards", "read_text", "train_tokenizer", "load_tokenizer", "pack", "corrupt_sequences", "unigram_rarity"]
+__all__ = ["is_token_shards", "load_token_shards", "read_text", "train_tokenizer", "save_tokenizer", "tokenizer_json",
+           "tokenizer_from_json", "load_tokenizer", "pack", "corrupt_sequences", "unigram_rarity"]
 
 
 def is_token_shards(ref: str) -> bool:
@@ -81,8 +82,9 @@ def read_text(ref: str, *, text_key: str = "text", field: str = "data") -> str:
     return text
 
 
-def train_tokenizer(text: str, vocab_size: int, out_dir: str | os.PathLike):
-    """Train a byte-level BPE (``tokenizers``) on ``text``; saved as a transformers tokenizer in ``out_dir``."""
+def train_tokenizer(text: str, vocab_size: int, out_dir: str | os.PathLike | None = None):
+    """Train a byte-level BPE (``tokenizers``) on ``text``, as a transformers tokenizer; saved in ``out_dir``
+    (atomically) when given."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -91,14 +93,37 @@ def train_tokenizer(text: str, vocab_size: int, out_dir: str | os.PathLike):
     bpe.train_from_iterator(chunks, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
                             show_progress=False)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    if out_dir is not None:
+        save_tokenizer(tok, out_dir)
+    return tok
+
+
+def save_tokenizer(tok, out_dir: str | os.PathLike) -> None:
+    """``save_pretrained`` into a temp folder swapped into place."""
     tmp = Path(f"{out_dir}.tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
     tok.save_pretrained(str(tmp))
     if Path(out_dir).exists():
         import shutil
 
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-    return tok
+
+
+def tokenizer_json(tok) -> str:
+    """The whole tokenizer (vocabulary, merges, specials) as one JSON string."""
+    return tok.backend_tokenizer.to_str()
+
+
+def tokenizer_from_json(payload: str):
+    """Inverse of :func:`tokenizer_json` for the tokenizers :func:`train_tokenizer` makes."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(payload), eos_token="<|endoftext|>")
 
 
 def load_tokenizer(path: str | os.PathLike):

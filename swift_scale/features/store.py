@@ -185,6 +185,11 @@ class FeatureStore:
         """Each done unit's marker (with the ``info`` given to :meth:`mark_done`)."""
         return {u: json.loads((self.root / "done" / u).read_text()) for u in sorted(self.done_units())}
 
+    def skipped(self) -> list[dict]:
+        """The bad samples the done markers record (``{"skipped": [...]}``), each id once, sorted by id."""
+        by_id = {e["id"]: e for info in self.done_info().values() for e in info.get("skipped", [])}
+        return [by_id[k] for k in sorted(by_id)]
+
     def done_units(self) -> set[str]:
         d = self.root / "done"
         return {p.name for p in d.iterdir() if not p.name.startswith(".")} if d.exists() else set()

@@ -3,6 +3,7 @@ through :meth:`Trainer.fit` on the run's :class:`~swift_scale.data.splits.Data`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,21 @@ class Trainer:
             model.load_state_dict(state)
         return model
 
+    def check_model(self) -> None:
+        """Build the model on the meta device (no memory, no initialisation) with ``model.checkpoint`` loaded, so
+        a checkpoint that does not fit is named before any phase runs."""
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "copying from a non-meta parameter … is a no-op": intended here
+            self.new_model()
+
+    def online_selector(self, sampler, state0: dict) -> OnlineSelect:
+        """``data.online``: the frozen θ0 (``state0``) scores each window of candidates, ``sampler`` keeps b."""
+        from swift_scale.sampler.stages import online_keep
+
+        model0 = self.new_model(state0).to(self.acc.device).eval()
+        seed = self.cfg.seed
+        return lambda x, y, gids, pass_, keep: online_keep(sampler, model0, x, y, gids, keep, seed=seed, epoch=pass_)
+
     def state(self, model: torch.nn.Module) -> dict:
         """The model's weights on the CPU, detached (unwrapped from DDP)."""
         return {k: v.detach().cpu().clone() for k, v in self.acc.unwrap_model(model).state_dict().items()}
@@ -94,3 +110,20 @@ class Trainer:
     def metrics(self, model: torch.nn.Module, curve: list[dict]) -> dict:
         """What a finished training records: val and test metrics of its last epoch and the curve."""
         return {"val": self.evaluate(model, "val"), "test": self.evaluate(model, "test"), "curve": curve}
+
+    def train_to(self, out: Path, probs: np.ndarray | None, *, state: dict | None = None, desc: str = "train",
+                 hook: Callable[[int, torch.nn.Module], None] | None = None,
+                 online: OnlineSelect | None = None) -> dict:
+        """A full-budget training (``train.epochs`` at ``train.lr``) with its checkpoints in ``out/ckpt`` and its
+        metrics in ``out/metrics.json`` (written by the main process); returns the metrics."""
+        from swift_scale.io import atomic_write_json
+
+        t = self.cfg.train
+        model, curve = self.fit(probs, epochs=t.epochs, lr=t.lr, ckpt_dir=out / "ckpt", state=state, desc=desc,
+                                hook=hook, online=online)
+        metrics = self.metrics(model, curve)
+        if self.acc.is_main_process:
+            atomic_write_json(out / "metrics.json", metrics)
+        self.acc.wait_for_everyone()
+        self.acc.free_memory()
+        return metrics
