@@ -29,7 +29,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check swift_scale tests tools
-	$(BIN)/ruff format --check swift_scale tests tools
 	$(BIN)/mypy swift_scale
 
 typecheck: $(STAMP)

@@ -10,24 +10,18 @@ from pathlib import Path
 
 from swift_scale.config import Config, ConfigError
 from swift_scale.run_folder import RunFolder
-from swift_scale.train.tasks import ClassificationTask, LMTask
+from swift_scale.train.tasks import ClassificationTask, LMTask, sampler_features
 
 __all__ = ["check_precision", "check_sampler_features", "sampler_features", "stored_features", "check_transfer",
            "check_model"]
 
 
 def stored_features(cfg: Config) -> tuple[str, ...]:
-    """The feature columns a run's store holds for its task."""
+    """The feature columns a run's store holds for its task (θ0's, then the training dynamics)."""
+    from swift_scale.features.dynamics import DYNAMICS_FEATURES
+
     task = LMTask if cfg.data.task == "lm" else ClassificationTask
-    return tuple(task.feature_names)
-
-
-def sampler_features(cfg: Config) -> list[str]:
-    """``sampler.features``; the classification default pair becomes the LM default pair for LM runs."""
-    names = list(cfg.sampler.features)
-    if cfg.data.task == "lm" and tuple(names) == ClassificationTask.default_sampler_features:
-        return list(LMTask.default_sampler_features)
-    return names
+    return (*task.feature_names, *(DYNAMICS_FEATURES if cfg.features.dynamics else ()))
 
 
 def check_sampler_features(cfg: Config) -> None:

@@ -64,16 +64,21 @@ def _run_pipeline(cfg, until: str, sampler: str | None = None):
 
 
 def _table(summary: dict) -> str:
-    b, s = summary["baseline"]["value"], summary["swift"]["value"]
-    rows = [("uniform (baseline)", b), ("swift sampler", s)]
-    if summary["baseline"]["metric"] == "test_perplexity":  # language modelling: lower is better
-        out = [f"{'sampling':<22}{'test perplexity':>15}", "-" * 37]
-        out += [f"{name:<22}{v:>15.2f}" for name, v in rows]
-        out.append(f"{'difference':<22}{s - b:>+15.2f}")
-        return "\n".join(out)
-    out = [f"{'sampling':<22}{'test accuracy':>15}", "-" * 37]
-    out += [f"{name:<22}{v * 100:>14.2f}%" for name, v in rows]
-    out.append(f"{'difference':<22}{(s - b) * 100:>+14.2f} pts")
+    """Uniform (last epoch and early-stopped), the swift sampler's final model, and its noise detection."""
+    b, sw = summary["baseline"], summary["swift"]
+    lm = b["metric"] == "test_perplexity"  # language modelling: lower is better
+    key = "test_perplexity" if lm else "test_accuracy"
+
+    def fmt(v):
+        return "—" if v is None else f"{v:.2f}" if lm else f"{v * 100:.2f}%"
+
+    rows = [("uniform, last epoch", b["value"]),
+            ("uniform, best-val epoch", (b.get("best_val") or {}).get(key)),
+            (f"swift sampler ({sw.get('checkpoint', 'last').replace('_', '-')})", sw["value"])]
+    head = "test perplexity" if lm else "test accuracy"
+    out = [f"{'':<30}{head:>16}", "-" * 46] + [f"{name:<30}{fmt(v):>16}" for name, v in rows]
+    if "noise_detection_auroc" in summary:
+        out.append(f"{'noise-detection AUROC (1 − p)':<30}{summary['noise_detection_auroc']:>16.3f}")
     return "\n".join(out)
 
 

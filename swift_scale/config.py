@@ -124,6 +124,14 @@ class FeaturesConfig:
     """Batch size of the features pass (no gradients)."""
     quantile_points: int = 1025
     """Points in each feature's quantile table (the CDF transform)."""
+    epoch: str = "best"
+    """Pretraining epoch whose weights θ0 score the features: ``best`` (the epoch with the best val score —
+    before uniform training has memorised noisy labels, so their loss still stands out), ``last``, or an epoch
+    number. ``search.theta0_epoch`` > 0 overrides it (the paper's single θ0)."""
+    dynamics: bool = True
+    """Record training dynamics as pretraining's batches go by (no extra pass): each example's mean training
+    loss (``dyn_loss``), area under the margin (``aum``) and misclassified fraction (``wrong_frac``), stored as
+    features beside θ0's."""
 
 
 @dataclass
@@ -143,17 +151,32 @@ class SearchConfig:
     finetune_epochs: int = 5
     """Epochs of fine-tuning θ0 under each candidate before scoring it on val."""
     strategy: str = "bo"
-    """``bo`` (BoTorch GP + UCB) or ``random`` (ablation)."""
+    """``bo`` (BoTorch GP + acquisition) or ``random`` (ablation)."""
+    acquisition: str = "logei"
+    """BO acquisition: ``logei`` (log expected improvement over the best posterior mean), ``qlognei`` (noisy
+    LogEI, slower) or ``ucb`` (upper confidence bound with ``beta``)."""
+    init_steps: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
+    """After uniform sampling, the search tries φ as a step that drops the top q of the first sampler feature
+    (with the default features: the drop-top-loss rule) for each q here, then ``n_init`` Sobol points, then BO.
+    ``[]`` for the paper's uniform + Sobol start."""
     n_init: int = 4
-    """Quasi-random points after the uniform one before the GP proposes."""
+    """Quasi-random points after the initial ones before the GP proposes."""
     beta: float = 2.0
-    """UCB exploration weight."""
+    """UCB exploration weight (``acquisition=ucb``)."""
     num_restarts: int = 8
     """optimize_acqf restarts (fewer = faster proposals)."""
     raw_samples: int = 256
     """optimize_acqf raw samples."""
+    start_epoch: str = "last"
+    """Pretraining epoch every trial fine-tunes from: ``last`` (a model that has memorised, like the paper's
+    "complete training process": a sampler that starves noisy labels then shows on val), ``best``, or an epoch
+    number."""
     theta0_epoch: int = 0
-    """Pretrain epoch whose weights are θ0 (features + fine-tune start); 0 = the last epoch."""
+    """The paper's single θ0: when > 0, the weights after this pretraining epoch both score the features and
+    start every trial (overriding ``features.epoch`` and ``search.start_epoch``); 0 = use those two."""
+    select: str = "best"
+    """Which trial's sampler is kept: ``best`` (the highest val score) or ``posterior`` (the highest GP posterior
+    mean: less optimistic than the best of many noisy scores)."""
     lr: float = 0.0
     """Fine-tune learning rate; 0 = ``train.lr``."""
 
@@ -175,8 +198,13 @@ class TrainConfig:
     """Force CPU even where a GPU exists (also needed for multi-process CPU runs)."""
     mixed_precision: str = "no"
     """accelerate mixed precision: ``no``, ``fp16`` or ``bf16``."""
-    final_from_scratch: bool = True
-    """Retrain from scratch with the best sampler (the paper's protocol); false = fine-tune θ0."""
+    final_mode: str = "scratch"
+    """The final training with the chosen sampler: ``scratch`` (``epochs`` epochs from a fresh model, the
+    paper's protocol), ``finetune`` (``epochs`` epochs from the trials' start checkpoint) or ``best_trial`` (the
+    chosen trial's own fine-tune, ``search.finetune_epochs`` epochs from the start checkpoint)."""
+    final_checkpoint: str = "best_val"
+    """Which checkpoint of the final training is the result (``swift.value``): ``best_val`` (the epoch with the
+    best val score, i.e. early stopping) or ``last``. Every training records both."""
     progress: bool = True
     """Show tqdm progress bars on the main process."""
     checkpoint_steps: int = 0
@@ -261,6 +289,19 @@ class Config:
              "num_restarts and raw_samples must be >= 1")
         need(0 <= self.search.theta0_epoch <= self.train.epochs, "search.theta0_epoch",
              f"must be in [0, train.epochs={self.train.epochs}]")
+        for key, value in (("features.epoch", self.features.epoch), ("search.start_epoch", self.search.start_epoch)):
+            need(value in ("best", "last") or (value.isdigit() and 1 <= int(value) <= self.train.epochs), key,
+                 f"must be best, last or an epoch in [1, train.epochs={self.train.epochs}], got {value!r}")
+        need(self.search.acquisition in ("logei", "qlognei", "ucb"), "search.acquisition",
+             f"must be logei, qlognei or ucb, got {self.search.acquisition!r}")
+        need(all(0 < q < 1 for q in self.search.init_steps), "search.init_steps",
+             f"each step must drop a fraction in (0, 1), got {self.search.init_steps}")
+        need(self.search.select in ("best", "posterior"), "search.select",
+             f"must be best or posterior, got {self.search.select!r}")
+        need(self.train.final_mode in ("scratch", "finetune", "best_trial"), "train.final_mode",
+             f"must be scratch, finetune or best_trial, got {self.train.final_mode!r}")
+        need(self.train.final_checkpoint in ("best_val", "last"), "train.final_checkpoint",
+             f"must be best_val or last, got {self.train.final_checkpoint!r}")
         need(self.search.lr >= 0, "search.lr", "must be >= 0 (0 = train.lr)")
         need(bool(self.run.name) and self.run.name not in (".", "..")
              and not any(c in self.run.name for c in "/\\\0"), "run.name",
@@ -268,9 +309,9 @@ class Config:
              "use run.out_dir for a folder elsewhere")
         need(self.run.out_dir is None or bool(str(self.run.out_dir).strip()), "run.out_dir",
              "is empty; give a folder or leave it unset")
-        for key, value in (("seed", self.seed), ("data.noise_seed", self.data.noise_seed)):
-            need(0 <= value < 2**32, key, f"must be in [0, 2^32), got {value}")
-        for key, value, top in (("train.epochs", self.train.epochs, MAX_EPOCHS),
+        for key, seed in (("seed", self.seed), ("data.noise_seed", self.data.noise_seed)):
+            need(0 <= seed < 2**32, key, f"must be in [0, 2^32), got {seed}")
+        for key, n, top in (("train.epochs", self.train.epochs, MAX_EPOCHS),
                                 ("search.finetune_epochs", self.search.finetune_epochs, MAX_EPOCHS),
                                 ("search.trials", self.search.trials, MAX_TRIALS),
                                 ("train.batch_size", self.train.batch_size, MAX_BATCH),
@@ -280,7 +321,7 @@ class Config:
                                 ("data.num_workers", self.data.num_workers, 256),
                                 ("search.num_restarts", self.search.num_restarts, 4096),
                                 ("search.raw_samples", self.search.raw_samples, 1 << 20)):
-            need(value <= top, key, f"{value} is beyond any sensible run (at most {top}); check the value")
+            need(n <= top, key, f"{n} is beyond any sensible run (at most {top}); check the value")
         need(self.data.oversample <= 1000, "data.oversample", f"must be <= 1000, got {self.data.oversample}")
         return self
 
@@ -325,6 +366,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if current and all(isinstance(v, float) for v in current):  # a list of numbers
+            return [_coerce(v, 0.0, key) for v in value]
         return [str(v) for v in value]
     if isinstance(current, dict):
         if isinstance(value, str):  # a YAML mapping on the command line: model.kwargs='{width: 16}'
@@ -379,7 +422,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
-    items = overrides.items() if isinstance(overrides, dict) else None
+    items: Any = overrides.items() if isinstance(overrides, dict) else None
     if items is None:
         pairs = []
         for o in overrides:
@@ -432,7 +475,8 @@ def field_docs() -> dict[str, str]:
         if isinstance(node, ast.ClassDef):
             body = node.body
             for a, b in zip(body, body[1:]):
-                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                        and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
                     name = a.target.id
                     prefix = "" if node.name == "Config" else f"{sections.get(node.name, node.name)}."
                     docs[prefix + name] = b.value.value

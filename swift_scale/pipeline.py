@@ -18,15 +18,15 @@ from accelerate import Accelerator
 
 from swift_scale.config import Config
 from swift_scale.data import Data, load_data
+from swift_scale.features.dynamics import DynamicsRecorder, dynamics_features
 from swift_scale.features.extract import extract_features
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import read_jsonl
 from swift_scale.report.summary import RunFacts, build_summary
 from swift_scale.report.tracking import Tracking, trackers_of
 from swift_scale.run_folder import RunFolder
-from swift_scale.sampler.swift import SwiftSampler, num_params, uniform_theta
-from swift_scale.search.driver import best_or_raise, run_search
-from swift_scale.search.engine import SearchEngine
+from swift_scale.sampler.swift import SwiftSampler
+from swift_scale.search.trials import SamplerSearch
 from swift_scale.train.tasks import Task, task_for
 from swift_scale.train.trainer import Trainer
 
@@ -94,19 +94,23 @@ class Pipeline:
         return self.trainer.new_model(state)
 
     def theta0(self) -> dict:
+        """The weights that score the features."""
         return self.folder.load_weights("pretrain/theta0.pt")
+
+    def start_weights(self) -> dict:
+        """The weights every trial fine-tunes from (θ0 in run folders made before the two were separate)."""
+        return self.folder.load_weights("pretrain/start.pt" if self.folder.has("pretrain/start.pt")
+                                        else "pretrain/theta0.pt")
 
     def train_features(self, store: FeatureStore | None = None) -> dict[str, np.ndarray]:
         """Every stored feature column of the training set (float32 [N] each)."""
         store = store or self.features()
         return {n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}
 
-    def make_sampler(self, theta, store: FeatureStore, feats: dict[str, np.ndarray]) -> SwiftSampler:
-        from swift_scale.checks import sampler_features
-
-        names = sampler_features(self.cfg)
-        q = {n: store.quantiles(n) for n in names}
-        return SwiftSampler.from_theta(theta, names, q, self.cfg.sampler.transform).fit(feats)  # type: ignore[arg-type]
+    def sampler_search(self) -> SamplerSearch:
+        """The samplers of the run's feature store, and the trials that score them."""
+        return SamplerSearch(self.cfg, self.trainer, store := self.features(), self.train_features(store),
+                             self._online)
 
     def _online(self, sampler: SwiftSampler | None):
         """The online selector (data.online), or None."""
@@ -115,80 +119,55 @@ class Pipeline:
         return self.trainer.online_selector(sampler, self.theta0())
 
     def train_with(self, probs: np.ndarray | None, out: Path, desc: str, sampler: SwiftSampler | None = None,
-                   hook=None) -> dict:
-        """Train at the full budget sampling ∝ ``probs`` (None: uniform) into ``out`` (checkpoints and
-        ``metrics.json``), from scratch unless ``train.final_from_scratch=false`` and a sampler is given."""
-        state = None if probs is None or self.cfg.train.final_from_scratch else self.theta0()
-        return self.trainer.train_to(out, probs, state=state, desc=desc, hook=hook, online=self._online(sampler))
+                   start: bool = False) -> dict:
+        """Train at the full budget sampling ∝ ``probs`` (None: uniform) into ``out`` (checkpoints, best-val
+        weights, ``metrics.json``); from the trials' start checkpoint when ``start``, else from scratch."""
+        state = self.start_weights() if start else None
+        return self.trainer.train_to(out, probs, state=state, desc=desc, online=self._online(sampler))
 
     # -- phases ---------------------------------------------------------------------------------------------
     def pretrain(self) -> dict:
-        """Uniform training (the baseline); θ0 = its weights after ``search.theta0_epoch`` epochs."""
+        """Uniform training (the baseline, with the training dynamics recorded as it goes); keeps the weights
+        that score the features (θ0, ``features.epoch``) and that the trials start from (``search.start_epoch``)."""
         if self.folder.has("pretrain/metrics.json"):
             return self.folder.read_json("pretrain/metrics.json")
-        theta0_epoch = self.cfg.search.theta0_epoch or self.cfg.train.epochs
+        keep = self.folder.fixed_pretrain_epochs()
 
-        def save_theta0(epoch, model):
-            if epoch == theta0_epoch and self.acc.is_main_process:
-                self.folder.save_weights("pretrain/theta0.pt", self.trainer.state(model))
+        def save_epoch(epoch, model):
+            if epoch in keep and self.acc.is_main_process:
+                self.folder.save_weights(f"pretrain/epoch{epoch}.pt", self.trainer.state(model))
 
-        return self.train_with(None, self.dir / "pretrain", "pretrain", hook=save_theta0)
+        def publish(metrics):
+            if self.acc.is_main_process:
+                self.folder.publish_pretrain_weights(metrics)
+
+        recorder = DynamicsRecorder(self.dir / "pretrain" / "dynamics", len(self.data.train),
+                                    self.acc.process_index) if self.cfg.features.dynamics else None
+        return self.trainer.train_to(self.dir / "pretrain", None, desc="pretrain", hook=save_epoch,
+                                     recorder=recorder, keep_last=True, before_commit=publish)
 
     def features(self) -> FeatureStore:
         """θ0's features of every training example, in the store (done once; resumed per shard)."""
         store_dir = self.dir / "features"
         if (store_dir / "meta.json").exists() and (store := FeatureStore(store_dir)).complete:
-            return self._note_streaming_skips(store)
+            return self.folder.note_skipped(self.data, store, self.acc.is_main_process)
         model = self.acc.prepare(self.new_model(self.theta0()))
         idx, f = self.data.index["train"], self.cfg.features
+        dyn = self.dir / "pretrain" / "dynamics"
+        extra = dynamics_features(dyn, len(self.data.train), self.cfg.train.epochs, self.acc.num_processes) \
+            if f.dynamics and dyn.exists() else None
         store = extract_features(self.acc, model, self.data.train, store_dir, idx.offsets, idx.counts, self.task,
-                                 batch_size=f.batch_size, quantile_points=f.quantile_points,
+                                 extra=extra, batch_size=f.batch_size, quantile_points=f.quantile_points,
                                  progress=self.cfg.train.progress)
         self.acc.free_memory()
-        return self._note_streaming_skips(store)
-
-    def _note_streaming_skips(self, store: FeatureStore) -> FeatureStore:
-        """Streaming with ``data.on_error=skip``: the features pass finds the bad training samples (their shards'
-        done markers list them). From then on they are never sampled and are reported like the indexed mode's."""
-        if self.cfg.data.mode == "streaming" and self.data.train_valid is None and (skipped := store.skipped()):
-            self.data.exclude(skipped)
-            logger.warning("skipped %d bad training sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
-                           len(skipped), skipped[0]["url"], skipped[0]["key"], skipped[0]["reason"],
-                           self.dir / "data_errors.json")
-            if self.acc.is_main_process:
-                self.folder.record_data_errors("train", skipped)
-        return store
+        return self.folder.note_skipped(self.data, store, self.acc.is_main_process)
 
     def search(self) -> dict:
-        """Bayesian optimisation over θ; each trial fine-tunes θ0 under its sampler and scores it on val."""
-        s = self.cfg.search
-        store = self.features()
-        feats = self.train_features(store)
-        engine = SearchEngine(self.dir / "search" / "history.jsonl", dim=num_params(self.cfg.sampler.segments),
-                              strategy=s.strategy, seed=self.cfg.seed, n_init=s.n_init, beta=s.beta,  # type: ignore[arg-type]
-                              num_restarts=s.num_restarts, raw_samples=s.raw_samples,
-                              initial=[uniform_theta(self.cfg.sampler.segments)])
-        state0 = self.theta0()
-        run_search(engine, s.trials, lambda t: self._trial(self.make_sampler(t.theta, store, feats), feats, state0,
-                                                           t.index), self.acc, self.log)
-        return self._publish_best(engine, store, feats)
-
-    def _trial(self, sampler: SwiftSampler, feats, state0: dict, index: int) -> tuple[float | None, str | None]:
-        """(val score, None), or (None, the reason) when the fine-tune fails; a failure never ends the search."""
-        s = self.cfg.search
-        try:
-            model, _ = self.trainer.fit(sampler.probs(feats), epochs=s.finetune_epochs, lr=s.lr or self.cfg.train.lr,
-                                        state=state0, desc=f"trial {index}", eval_each_epoch=False,
-                                        online=self._online(sampler))
-            return self.task.score(self.trainer.evaluate(model, "val")), None
-        except Exception as e:  # noqa: BLE001 - any failure inside a trial is recorded, never fatal
-            return None, f"{type(e).__name__}: {e}"
-        finally:
-            self.acc.free_memory()
-
-    def _publish_best(self, engine: SearchEngine, store: FeatureStore, feats) -> dict:
-        best = best_or_raise(engine)
-        sampler = self.make_sampler(np.asarray(best["params"]), store, feats)
+        """Bayesian optimisation over θ (:class:`~swift_scale.search.trials.SamplerSearch`); keeps the chosen
+        sampler in ``sampler.json``."""
+        search = self.sampler_search()
+        best = search.run(self.dir / "search" / "history.jsonl", self.start_weights(), self.log)
+        sampler = search.sampler(best["params"])
         sampler.info = {"trial": best["trial"], "val_score": best["score"], "model": self.cfg.model.name,
                         "run": str(self.dir)}
         if self.acc.is_main_process:
@@ -205,7 +184,12 @@ class Pipeline:
             sampler.info = {**sampler.info, "source": str(sampler_path)}
             sampler.save(self.dir / "sampler.json")
         self.acc.wait_for_everyone()
-        return self.train_with(sampler.probs(self.train_features()), self.dir / "final", "final", sampler)
+        probs, mode = sampler.probs(self.train_features()), self.cfg.train.final_mode
+        if mode != "best_trial":
+            return self.train_with(probs, self.dir / "final", "final", sampler, start=mode == "finetune")
+        s = self.cfg.search  # the chosen trial's own fine-tune, redone (deterministic) with every epoch scored
+        return self.trainer.train_to(self.dir / "final", probs, state=self.start_weights(), desc="final",
+                                     online=self._online(sampler), epochs=s.finetune_epochs, lr=s.lr or None)
 
     def rule(self, rule: str) -> dict:
         """Train with a hand rule (:mod:`swift_scale.sampler.rules`, e.g. ``drop_top_loss:0.2``) at the final
@@ -215,17 +199,20 @@ class Pipeline:
         rel = f"rules/{rule.replace(':', '_')}"
         if self.folder.has(f"{rel}/metrics.json"):
             return self.folder.read_json(f"{rel}/metrics.json")
-        return self.train_with(rule_probs(rule, self.train_features()), self.dir / rel, f"rule {rule}")
+        return self.train_with(rule_probs(rule, self.train_features(), self.data.noisy_ids), self.dir / rel,
+                               f"rule {rule}")
 
     def summary(self) -> dict:
         """summary.json (main process writes it)."""
-        noisy = self.data.noisy_ids
-        probs = SwiftSampler.load(self.dir / "sampler.json").probs(self.train_features()) if len(noisy) else None
+        noisy, sampler = self.data.noisy_ids, SwiftSampler.load(self.dir / "sampler.json")
+        final = self.folder.read_json("final/metrics.json")
+        use = final.get("best") if self.cfg.train.final_checkpoint == "best_val" else None
         facts = RunFacts(self.task.name, self.task.metric, len(self.data.train), self.acc.num_processes,
                          str(self.acc.device), str(self.acc.mixed_precision), self.data.num_errors,
-                         self.folder.seconds, noisy, probs)
-        summary = build_summary(self.cfg, facts, self.folder.read_json("pretrain/metrics.json"),
-                                self.folder.read_json("final/metrics.json"), read_jsonl(self.dir / "search" / "history.jsonl"))
+                         self.folder.seconds, noisy, sampler.probs(self.train_features()) if len(noisy) else None,
+                         sampler.info.get("trial"), self.task.score((use or final)["val"]))
+        summary = build_summary(self.cfg, facts, self.folder.read_json("pretrain/metrics.json"), final,
+                                read_jsonl(self.dir / "search" / "history.jsonl"))
         if self.acc.is_main_process:
             self.folder.write_json("summary.json", summary)
         metric = self.task.metric

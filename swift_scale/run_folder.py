@@ -9,6 +9,7 @@ was. Methods that write are called on the main process only; the pipeline places
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from swift_scale.config import Config, ConfigError, config_to_dict
 from swift_scale.io import atomic_write_json, atomic_write_text, load_state_dict, read_json, save_state_dict
 
 __all__ = ["RunFolder"]
+
+logger = logging.getLogger("swift_scale")
 
 T = TypeVar("T")
 
@@ -139,6 +142,18 @@ class RunFolder:
         errors += [{"split": split, **e} for e in entries]
         self.write_json("data_errors.json", {"count": len(errors), "errors": errors})
 
+    def note_skipped(self, data, store, main: bool):
+        """Streaming with ``data.on_error=skip``: the features pass finds the bad training samples (their shards'
+        done markers list them). From then on they are never sampled and are reported like the indexed mode's."""
+        if self.cfg.data.mode == "streaming" and data.train_valid is None and (skipped := store.skipped()):
+            data.exclude(skipped)
+            logger.warning("skipped %d bad training sample(s) (data.on_error=skip), e.g. %s sample %r: %s; all in %s",
+                           len(skipped), skipped[0]["url"], skipped[0]["key"], skipped[0]["reason"],
+                           self.root / "data_errors.json")
+            if main:
+                self.record_data_errors("train", skipped)
+        return store
+
     def has(self, rel: str) -> bool:
         return self.path(rel).exists()
 
@@ -148,6 +163,31 @@ class RunFolder:
     def load_weights(self, rel: str) -> dict:
         path = self.path(rel)
         return load_state_dict(path, name=rel, fix=f"delete {path.parent} to redo that phase")
+
+    # -- pretraining's checkpoints: θ0 (scores the features) and the trials' start -------------------------------
+    def pretrain_epoch(self, choice: str, metrics: dict) -> int:
+        """The epoch ``best`` / ``last`` / a number names in a finished pretraining."""
+        if self.cfg.search.theta0_epoch:
+            return self.cfg.search.theta0_epoch
+        if choice == "best":
+            return int(metrics["best"]["epoch"])
+        return self.cfg.train.epochs if choice == "last" else int(choice)
+
+    def fixed_pretrain_epochs(self) -> set[int]:
+        """Epochs whose weights the pretraining must keep as it goes (besides its best-val and last)."""
+        choices = (str(self.cfg.search.theta0_epoch),) if self.cfg.search.theta0_epoch else (
+            self.cfg.features.epoch, self.cfg.search.start_epoch)
+        return {int(c) for c in choices if c.isdigit()}
+
+    def publish_pretrain_weights(self, metrics: dict) -> None:
+        """Copy the chosen epochs' weights to ``pretrain/theta0.pt`` (features) and ``pretrain/start.pt``
+        (trials) and note the epochs in ``metrics`` (main process, before metrics.json is written)."""
+        for name, choice in (("theta0", self.cfg.features.epoch), ("start", self.cfg.search.start_epoch)):
+            epoch = self.pretrain_epoch(choice, metrics)
+            best = metrics.get("best", {}).get("epoch")
+            src = ("last.pt" if epoch == self.cfg.train.epochs else "best.pt" if epoch == best else f"epoch{epoch}.pt")
+            self.save_weights(f"pretrain/{name}.pt", self.load_weights(f"pretrain/{src}"))
+            metrics[f"{name}_epoch"] = epoch
 
     def load_timings(self) -> None:
         """The timings written by the main process (other ranks read them for the summary)."""

@@ -170,6 +170,61 @@ def test_uneven_shards_equal_steps_on_every_rank(tmp_path):
     assert steps[0] == steps[1] == 2 * int(np.ceil(555 / 48))
 
 
+def _dynamics_worker(out_dir):
+    """Training dynamics recorded by each rank over its share of 3 uniform epochs, per-visit values a pure
+    function of (epoch, id); then a real 2-epoch training with the recorder and checkpoints."""
+    from accelerate import Accelerator
+
+    from swift_scale.features.dynamics import DynamicsRecorder, dynamics_features
+    from swift_scale.selection import epoch_indices, rank_share
+    from swift_scale.train.loop import Checkpoints, TrainSpec, train_model
+    from swift_scale.train.models import create_model
+
+    acc = Accelerator(cpu=True)
+    n, batch, world, rank = sum(SHARD_COUNTS), 48, acc.num_processes, acc.process_index
+    rec = DynamicsRecorder(Path(out_dir) / "synthetic", n, rank)
+    steps = int(np.ceil(n / batch))
+    for epoch in range(3):
+        ids = rank_share(epoch_indices(None, n, 0, epoch, steps * batch), rank, world)
+        for b in range(0, len(ids), batch // world):
+            chunk = ids[b:b + batch // world]
+            stats = np.stack([np.sin(chunk * 0.37 + epoch) * 3 + 3, np.cos(chunk * 0.11 - epoch) * 5], 1)
+            rec.record(epoch, chunk, stats.astype(np.float32))
+        rec.save(epoch + 1, 0)
+        acc.wait_for_everyone()
+        rec.prune(epoch + 1, 0)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        feats = dynamics_features(Path(out_dir) / "synthetic", n, 3, world)
+        np.save(Path(out_dir) / "synthetic.npy", np.stack([feats[k] for k in ("dyn_loss", "aum", "wrong_frac")]))
+    torch.manual_seed(0)
+    real = DynamicsRecorder(Path(out_dir) / "real", n, rank)
+    train_model(acc, create_model("swift_cnn", num_classes=10, width=4), _data(), probs=None,
+                spec=TrainSpec(2, batch, 1e-3), checkpoints=Checkpoints(Path(out_dir) / "ckpt"), recorder=real,
+                progress=False)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        total = sum(np.load(p) for p in sorted((Path(out_dir) / "real").glob("rank*-e000002-s000000000.npy")))
+        np.save(Path(out_dir) / "visits.npy", total[:, 3])
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+@pytest.mark.dist
+def test_training_dynamics_are_bit_identical_for_one_and_two_ranks(tmp_path):
+    _launch("dynamics", tmp_path / "one", 1)
+    _launch("dynamics", tmp_path / "two", 2)
+    one, two = np.load(tmp_path / "one" / "synthetic.npy"), np.load(tmp_path / "two" / "synthetic.npy")
+    assert one.tobytes() == two.tobytes() and np.isfinite(one).all() and one[2].max() > 0
+    steps = int(np.ceil(555 / 48))
+    for world in ("one", "two"):  # a real training: every visit of both epochs recorded once, on some rank
+        visits = np.load(tmp_path / world / "visits.npy")
+        assert visits.sum() == 2 * steps * 48
+        assert visits.min() >= 1
+    assert sorted(p.name for p in (tmp_path / "two" / "real").iterdir()) == [
+        "rank00000-e000002-s000000000.npy", "rank00001-e000002-s000000000.npy"]  # older snapshots pruned
+
+
 def _launch(worker: str, out_dir: Path, num_processes: int) -> None:
     res = subprocess.run([sys.executable, "-m", "tests.test_distributed", worker, str(out_dir), str(num_processes)],
                          cwd=ROOT, capture_output=True, text=True, timeout=240)
@@ -178,5 +233,5 @@ def _launch(worker: str, out_dir: Path, num_processes: int) -> None:
 
 if __name__ == "__main__":
     fn = {"features": _features_worker, "train": _train_worker, "stream-train": _stream_train_worker,
-          "stream-features": _stream_features_worker}[sys.argv[1]]
+          "stream-features": _stream_features_worker, "dynamics": _dynamics_worker}[sys.argv[1]]
     debug_launcher(fn, args=(sys.argv[2],), num_processes=int(sys.argv[3]))

@@ -56,7 +56,7 @@ def to_chw(img, in_chans: int, image_size: int) -> np.ndarray:
         img = Image.fromarray(arr)
     img = img.convert("L" if in_chans == 1 else "RGB")
     if image_size and img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.BILINEAR)
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

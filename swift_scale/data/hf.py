@@ -102,8 +102,8 @@ def hf_stream_files(ref: str, field: str = "data.train") -> list[str]:
         raise DataError(f"{field}: streaming reads hf:BUILDER:FILES with BUILDER one of "
                         f"{', '.join(HF_STREAM_BUILDERS)}, got {builder!r}")
     if os.path.isdir(pattern):  # e.g. a save_to_disk folder: its data files, not state.json
-        ext = {"parquet": ".parquet", "arrow": ".arrow", "json": (".json", ".jsonl"), "csv": ".csv"}[builder]
-        files = sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.endswith(ext))
+        suffixes = {"parquet": (".parquet",), "arrow": (".arrow",), "json": (".json", ".jsonl"), "csv": (".csv",)}
+        files = sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.endswith(suffixes[builder]))
     elif any(c in pattern for c in "*?["):
         files = sorted(glob.glob(pattern))
     else:

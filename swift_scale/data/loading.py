@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ def _shard_tables(cfg: Config, acc, run_dir: Path) -> dict[str, ShardIndex]:
     d = cfg.data
     refs = {s: getattr(d, s) for s in SPLITS}
     stream_hf = d.mode == "streaming" and is_hf(refs["train"])  # data files, streamed one per shard
-    urls = {s: None if is_hf(r) else expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}")
+    urls: dict[str, Any] = {s: None if is_hf(r) else expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}")
             for s, r in refs.items()}
     hf_rows = {s: len(open_hf(r, f"data.{s}")) for s, r in refs.items()
                if is_hf(r) and not (s == "train" and stream_hf)}
@@ -109,7 +110,7 @@ def build_shard_table(urls: list[str], acc, count: Callable[[int], int] | None =
         return ShardIndex(urls, [count(i) for i in range(len(urls))])
     from accelerate.utils import gather_object
 
-    mine = []
+    mine: list[tuple[int, int, str | None]] = []
     for i in range(acc.process_index, len(urls), acc.num_processes):
         try:
             mine.append((i, count(i), None))
@@ -126,7 +127,7 @@ def build_shard_table(urls: list[str], acc, count: Callable[[int], int] | None =
 def _decode_in_memory(cfg: Config, index: dict[str, ShardIndex], run_dir: Path) -> dict[str, LoadedSplit]:
     """Decode val, test and (indexed mode) train; check that their image shapes agree; report bad samples."""
     d, m = cfg.data, cfg.model
-    opts = dict(image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans, image_size=m.image_size,
+    opts: dict[str, Any] = dict(image_key=d.image_key, label_key=d.label_key, in_chans=m.in_chans, image_size=m.image_size,
                 on_error=d.on_error)
     splits = [s for s in SPLITS if s != "train" or d.mode == "indexed"]
     loaded = {s: load_hf_split(getattr(d, s), field=f"data.{s}", **opts) if is_hf(getattr(d, s))
@@ -283,4 +284,4 @@ def shared_tokenizer(acc, text: str, vocab_size: int):
         from accelerate.utils import broadcast_object_list
 
         broadcast_object_list(payload)
-    return tokenizer_from_json(payload[0])
+    return tokenizer_from_json(payload[0])  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import webdataset as wds
@@ -147,7 +148,8 @@ def tar_samples(path: str, want=None):
     sample dict with ``__key__``/``__url__``). ``want(position)`` is asked once per sample before any of its payload is read:
     True reads and yields it, False seeks past it, None stops."""
     with open(path, "rb") as f:
-        pos, key, sample, take = -1, None, None, False
+        pos, key, take = -1, None, False
+        sample: dict[str, Any] | None = None
         for name, offset, size in tar_members(path):
             if _META.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
                 continue  # webdataset's metadata members
@@ -165,6 +167,7 @@ def tar_samples(path: str, want=None):
                     sample = {"__key__": prefix, "__url__": path}
             if take:
                 suffix = suffix.lower()
+                assert sample is not None
                 if suffix in sample:
                     raise DataError(f"{path}: sample {prefix!r} has two {suffix!r} files")
                 f.seek(offset)

@@ -83,9 +83,9 @@ class FeatureStore:
             raise ValueError(f"{self.root}: array shapes disagree with meta.json; delete the store to rebuild it")
 
     @staticmethod
-    def _open(path: Path, mode: str, fix: str) -> np.ndarray:
+    def _open(path: Path, mode: str, fix: str) -> np.memmap:
         try:
-            return np.load(path, mmap_mode=mode)  # type: ignore[call-overload]
+            return np.load(path, mmap_mode=mode)  # type: ignore[arg-type]
         except (OSError, ValueError, EOFError) as e:  # missing, truncated ("mmap length is greater ..."), garbage
             raise FileError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]}); {fix}") from None
 

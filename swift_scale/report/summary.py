@@ -31,6 +31,8 @@ class RunFacts:
     seconds: dict = field(default_factory=dict)
     noisy_ids: np.ndarray | None = None
     probs: np.ndarray | None = None  # the learned sampler's probabilities over the training set
+    chosen_trial: int | None = None  # the trial whose sampler was kept (search.select)
+    final_val_score: float | None = None  # the search's score (task.score) of the final model on val
 
 
 def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, history: list[dict]) -> dict:
@@ -42,9 +44,15 @@ def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, his
     if best is not None:
         search = {"trials": len(history), "failed": len(history) - len(ok), "best_score": best["score"],
                   "best_trial": best["trial"], "strategy": cfg.search.strategy,
-                  "uniform_score": history[0]["score"]}
+                  "uniform_score": history[0]["score"], "select": cfg.search.select}
+        chosen = next((r for r in ok if r["trial"] == facts.chosen_trial), best)
+        # the winner's curse: the chosen trial's search score against its final model's val score
+        search.update(chosen_trial=chosen["trial"], chosen_score=chosen["score"],
+                      final_val_score=facts.final_val_score,
+                      optimism=None if facts.final_val_score is None else chosen["score"] - facts.final_val_score)
     else:
         search = {"trials": 0, "best_score": None, "sampler": "transferred"}
+    use = "best" if cfg.train.final_checkpoint == "best_val" and "best" in final else None
     summary = {
         "task": facts.task,
         "dataset": cfg.data.train,
@@ -52,8 +60,12 @@ def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, his
         "noise_rate": cfg.data.noise_rate,
         "num_train": facts.num_train,
         "baseline": {"metric": f"test_{metric}", "value": pretrain["test"][metric],
-                     f"val_{metric}": pretrain["val"][metric]},
-        "swift": {"metric": f"test_{metric}", "value": final["test"][metric], f"val_{metric}": final["val"][metric]},
+                     f"val_{metric}": pretrain["val"][metric], "best_val": _best(pretrain, metric)},
+        "swift": {"metric": f"test_{metric}", "value": (final[use] if use else final)["test"][metric],
+                  f"val_{metric}": (final[use] if use else final)["val"][metric],
+                  "checkpoint": "best_val" if use else "last", "final_mode": cfg.train.final_mode,
+                  "last": {f"test_{metric}": final["test"][metric], f"val_{metric}": final["val"][metric]},
+                  "best_val": _best(final, metric)},
         "search": search,
         "seconds": facts.seconds,
         "world_size": facts.world_size,
@@ -65,3 +77,11 @@ def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, his
     if facts.noisy_ids is not None and len(facts.noisy_ids) and facts.probs is not None:
         summary["noise_detection_auroc"] = noise_auroc(facts.probs, facts.noisy_ids)
     return summary
+
+
+def _best(metrics: dict, metric: str) -> dict | None:
+    """The best-val checkpoint of a training: its epoch and its val and test ``metric`` (early stopping)."""
+    best = metrics.get("best")
+    if best is None:
+        return None
+    return {"epoch": best["epoch"], f"val_{metric}": best["val"][metric], f"test_{metric}": best["test"][metric]}

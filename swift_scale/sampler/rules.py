@@ -7,6 +7,8 @@ so it trains through exactly the same indexed path as a Swift sampler:
   trick behind co-teaching; with F = the true noise rate it is an oracle-ish upper bar).
 - ``loss_proportional`` — importance sampling ∝ θ0 loss (hard-example mining; knows nothing about noise).
 - ``uniform`` — every example equally.
+- ``clean`` — the oracle of noisy-label benchmarks: only the examples whose labels were not flipped (needs the
+  recorded noisy ids; the upper bar a sampler could reach).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 __all__ = ["rule_probs", "RULES"]
 
-RULES = ("uniform", "drop_top_loss", "loss_proportional")
+RULES = ("uniform", "drop_top_loss", "loss_proportional", "clean")
 
 
 def _normalise(w: np.ndarray) -> np.ndarray:
@@ -26,12 +28,19 @@ def _normalise(w: np.ndarray) -> np.ndarray:
     return w / total if total > 0 and np.isfinite(total) else np.full(len(w), 1.0 / len(w))
 
 
-def rule_probs(rule: str, features: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Probabilities of the rule spelled ``name`` or ``name:arg`` (e.g. ``drop_top_loss:0.4``)."""
+def rule_probs(rule: str, features: Mapping[str, np.ndarray], noisy_ids: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities of the rule spelled ``name`` or ``name:arg`` (e.g. ``drop_top_loss:0.4``); ``clean`` needs
+    ``noisy_ids``."""
     name, _, arg = rule.partition(":")
     loss = np.asarray(features["loss"], dtype=np.float64)
     if name == "uniform":
         return np.full(len(loss), 1.0 / len(loss))
+    if name == "clean":
+        if noisy_ids is None:
+            raise ValueError("rule 'clean' needs the noisy ids (a run with data.noise_rate > 0)")
+        w = np.ones(len(loss))
+        w[np.asarray(noisy_ids, dtype=np.int64)] = 0.0
+        return _normalise(w)
     if name == "loss_proportional":
         return _normalise(np.maximum(loss, 0.0) + 1e-8)
     if name == "drop_top_loss":

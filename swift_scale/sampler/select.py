@@ -50,7 +50,7 @@ class DistributedWeightedSampler(torch.utils.data.Sampler[int]):
         if probs is None and num_examples is None:
             raise ValueError("give probs or num_examples")
         self.probs = None if probs is None else np.asarray(probs, dtype=np.float64)
-        self.num_examples = len(self.probs) if self.probs is not None else int(num_examples)
+        self.num_examples = len(self.probs) if self.probs is not None else int(num_examples)  # type: ignore[arg-type]
         dist = torch.distributed
         initialised = dist.is_available() and dist.is_initialized()
         self.world_size = world_size if world_size is not None else (dist.get_world_size() if initialised else 1)

@@ -182,6 +182,26 @@ class SwiftSampler:
                    grad_feature: str = "grad_proxy") -> SwiftSampler:
         return cls(np.asarray(theta), tuple(feature_names), dict(quantiles), transform, grad_feature)
 
+    @classmethod
+    def drop_top(cls, q: float, feature_names, quantiles, features: Mapping[str, np.ndarray],
+                 transform: Literal["cgf", "cdf"] = "cgf", segments: int = 4,
+                 grad_feature: str = "grad_proxy") -> SwiftSampler:
+        """The sampler of the family whose φ is a step dropping the top ``q`` of the first feature (weights
+        (1, 0); values 1 below the step, 0 above it, a ramp of width 0.02 in T between): with ``loss`` first,
+        the drop-top-loss rule. The search's initial points (``search.init_steps``); needs ``segments`` ≥ 3."""
+        if segments < 3:
+            raise ValueError(f"a step needs at least 3 segments, got {segments}")
+        s_cut = 1.0 - q
+        base = cls.from_theta(np.concatenate([uniform_theta(segments)[:-2], [1.0, 0.5]]), feature_names, quantiles,
+                              transform, grad_feature).fit(features)
+        t = s_cut if base.cgf_table is None else float(np.interp(s_cut, np.linspace(0, 1, CGF_BINS + 1),
+                                                                 base.cgf_table))
+        t = min(max(t, 0.02), 0.97)
+        inner = [t - 0.01, t + 0.01, *np.linspace(t + 0.01, 1.0, segments - 1)[1:-1]]
+        values = [1.0, 1.0] + [0.0] * (segments - 1)
+        theta = params_to_theta([0.0, *inner, 1.0], values, [1.0, -0.0])
+        return cls.from_theta(theta, feature_names, quantiles, transform, grad_feature).fit(features)
+
     @property
     def is_uniform(self) -> bool:
         """True when φ is constant (every example gets the same weight)."""
@@ -341,10 +361,10 @@ class SwiftSampler:
             if table.ndim != 1 or len(table) < 2 or not np.all(np.isfinite(table)) or np.any(np.diff(table) < 0):
                 raise bad(f"quantile table of {name!r} must be a non-decreasing list of ≥ 2 finite numbers")
         if d["transform"] == "cgf":
-            table = d.get("cgf_table")
-            if table is None or len(table) != CGF_BINS + 1:
+            cgf = d.get("cgf_table")
+            if cgf is None or len(cgf) != CGF_BINS + 1:
                 raise bad(f"field 'cgf_table' must hold {CGF_BINS + 1} numbers for a cgf sampler")
-            arr = np.asarray(table, dtype=np.float64)
+            arr = np.asarray(cgf, dtype=np.float64)
             if not np.all(np.isfinite(arr)) or np.any(np.diff(arr) < -1e-12):
                 raise bad("field 'cgf_table' must be finite and non-decreasing")
         try:

@@ -12,7 +12,7 @@ The caller owns each trial::
         engine.tell(trial, score)
 
 Proposals: first the caller's ``initial`` points in order (the Swift sampler search passes uniform sampling,
-which is always evaluated first), then ``n_init`` scrambled-Sobol points, then (``strategy="bo"``) the maximiser of UCB(β) on a SingleTaskGP fitted to every
+which is always evaluated first), then ``n_init`` scrambled-Sobol points, then (``strategy="bo"``) the maximiser of LogEI (or UCB(β), qLogNEI) on a SingleTaskGP fitted to every
 finished trial (inputs normalised to the unit cube, outputs standardised, double precision) or
 (``strategy="random"``) uniform random points — the ablation baseline with the same interface.
 
@@ -58,6 +58,8 @@ class SearchEngine:
         strategy: "bo" (GP + UCB) or "random".
         seed: makes every proposal reproducible.
         n_init: quasi-random points after the uniform point before the GP takes over.
+        acquisition: ``logei`` (LogEI over the best posterior mean; the default), ``qlognei`` (noisy LogEI, slower)
+            or ``ucb`` (UCB with ``beta``).
         beta: UCB exploration weight.
         num_restarts, raw_samples: ``optimize_acqf`` effort (shrink both for a smoke run).
         initial: points evaluated first, in order, before any Sobol point (e.g. the sampler search's uniform
@@ -65,14 +67,18 @@ class SearchEngine:
     """
 
     def __init__(self, history_path: str | Path, *, dim: int = 10, strategy: Literal["bo", "random"] = "bo",
-                 seed: int = 0, n_init: int = 4, beta: float = 2.0, num_restarts: int = 8,
+                 seed: int = 0, n_init: int = 4, acquisition: Literal["logei", "qlognei", "ucb"] = "logei",
+                 beta: float = 2.0, num_restarts: int = 8,
                  raw_samples: int = 256, initial: Sequence[np.ndarray] = ()):
         if strategy not in ("bo", "random"):
             raise ValueError(f"strategy must be 'bo' or 'random', got {strategy!r}")
+        if acquisition not in ("logei", "qlognei", "ucb"):
+            raise ValueError(f"acquisition must be 'logei', 'qlognei' or 'ucb', got {acquisition!r}")
         if beta < 0 or n_init < 0 or num_restarts < 1 or raw_samples < 1:
             raise ValueError("need beta >= 0, n_init >= 0, num_restarts >= 1, raw_samples >= 1")
         self.path = Path(history_path)
         self.dim, self.strategy, self.seed, self.n_init, self.beta = dim, strategy, seed, n_init, beta
+        self.acquisition = acquisition
         self.num_restarts, self.raw_samples = num_restarts, raw_samples
         self.initial = [np.asarray(x, dtype=np.float64) for x in initial]
         for x in self.initial:
@@ -124,7 +130,7 @@ class SearchEngine:
         rec = {
             "trial": trial.index,
             "params": [float(x) for x in trial.theta],
-            "score": float(score) if ok else None,
+            "score": float(score) if ok and score is not None else None,
             "status": "ok" if ok else "failed",
             "seconds": round(time.time() - trial.started, 3) if trial.started else 0.0,
             "proposed_by": trial.proposed_by,
@@ -151,33 +157,70 @@ class SearchEngine:
                          dtype=torch.float64)
         return x, y
 
-    def _bo(self, t: int) -> tuple[np.ndarray, str]:
-        if len(self.ok_trials()) < 2:
-            return self._sobol(t), "sobol"
+    def _fit_gp(self, t: int):
+        """A SingleTaskGP on every finished trial (inputs on the unit cube, outputs standardised, float64); its
+        default priors (botorch ≥ 0.12: dimension-scaled log-normal lengthscales) suit [0, 1]^10."""
         with warnings.catch_warnings():  # botorch's import emits a torch.jit deprecation warning
             warnings.simplefilter("ignore", FutureWarning)
-            from botorch.acquisition import UpperConfidenceBound
             from botorch.fit import fit_gpytorch_mll
             from botorch.models import SingleTaskGP
             from botorch.models.transforms import Normalize, Standardize
-            from botorch.optim import optimize_acqf
             from gpytorch.mlls import ExactMarginalLogLikelihood
 
         x, y = self._training_data()
-        bounds = torch.stack([torch.zeros(self.dim, dtype=torch.float64), torch.ones(self.dim, dtype=torch.float64)])
+        model = SingleTaskGP(x, y, input_transform=Normalize(d=self.dim, bounds=self._bounds()),
+                             outcome_transform=Standardize(m=1))
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        return model, x
+
+    def _bounds(self) -> torch.Tensor:
+        return torch.stack([torch.zeros(self.dim, dtype=torch.float64), torch.ones(self.dim, dtype=torch.float64)])
+
+    def _acquisition(self, model, x: torch.Tensor):
+        from botorch.acquisition import LogExpectedImprovement, UpperConfidenceBound
+        from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+
+        if self.acquisition == "ucb":
+            return UpperConfidenceBound(model, beta=self.beta)
+        if self.acquisition == "qlognei":
+            return qLogNoisyExpectedImprovement(model, X_baseline=x, prune_baseline=True)
+        with torch.no_grad():  # noisy scores: improve on the best posterior mean, not the luckiest observation
+            best_f = model.posterior(x).mean.max()
+        return LogExpectedImprovement(model, best_f=best_f)
+
+    def _bo(self, t: int) -> tuple[np.ndarray, str]:
+        if len(self.ok_trials()) < 2:
+            return self._sobol(t), "sobol"
         with torch.random.fork_rng(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # botorch's import warns about torch.jit; fits warn about conditioning
+            from botorch.optim import optimize_acqf
+
             torch.manual_seed(self.seed * 1_000_003 + t)
             try:
-                model = SingleTaskGP(x, y, input_transform=Normalize(d=self.dim, bounds=bounds),
-                                     outcome_transform=Standardize(m=1))
-                fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
-                acq = UpperConfidenceBound(model, beta=self.beta)
-                cand, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=self.num_restarts,
-                                        raw_samples=self.raw_samples)
+                model, x = self._fit_gp(t)
+                cand, _ = optimize_acqf(self._acquisition(model, x), bounds=self._bounds(), q=1,
+                                        num_restarts=self.num_restarts, raw_samples=self.raw_samples)
             except Exception:  # a numerically singular GP must not end the search
                 return self._sobol(t), "sobol-fallback"
         theta = cand[0].detach().numpy()
         if torch.cdist(cand, x).min() < 1e-6:  # already evaluated: explore instead
             return self._sobol(t), "sobol-duplicate"
         return theta, "bo"
+
+    def posterior_best(self) -> dict | None:
+        """The finished trial with the highest GP posterior mean (the winner's curse: the best *observed*
+        score of many noisy trials is optimistic); the best observed one when a GP cannot be fitted."""
+        ok = self.ok_trials()
+        if len(ok) < 3:
+            return self.best()
+        with torch.random.fork_rng(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(self.seed * 1_000_003 + self.num_trials)
+            try:
+                model, _ = self._fit_gp(self.num_trials)
+                xs = torch.tensor([r["params"] for r in ok], dtype=torch.float64)
+                with torch.no_grad():
+                    mean = model.posterior(xs).mean.squeeze(-1)
+            except Exception:
+                return self.best()
+        return ok[int(torch.argmax(mean))]

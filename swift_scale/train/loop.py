@@ -103,7 +103,8 @@ class Checkpoints:
 
 
 class BatchRecorder(Protocol):
-    """Receives every training batch's per-example statistics (training dynamics)."""
+    """Receives every training batch's per-example statistics (training dynamics); its state is saved and
+    restored with each checkpoint, under the checkpoint's (epoch, step)."""
 
     def record(self, epoch: int, ids: np.ndarray, stats: np.ndarray) -> None:
         """``stats`` float32 [b, 2] (loss, margin) of the examples with global ``ids`` in ``epoch``."""
@@ -111,6 +112,18 @@ class BatchRecorder(Protocol):
 
     def end_epoch(self, epoch: int) -> None:
         """Called on every rank after the last step of ``epoch``, before its checkpoint."""
+        ...
+
+    def save(self, epoch: int, step: int) -> None:
+        """Snapshot for the checkpoint at (epoch, step), before that checkpoint is committed."""
+        ...
+
+    def load(self, epoch: int, step: int) -> None:
+        """Restore the snapshot of the committed checkpoint at (epoch, step) ((0, 0): start empty)."""
+        ...
+
+    def prune(self, epoch: int, step: int) -> None:
+        """Drop snapshots older than the committed (epoch, step)."""
         ...
 
 
@@ -133,6 +146,18 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, source: Traini
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     at = checkpoints.load(accelerator) if checkpoints is not None else ResumePoint()
+    if recorder is not None:
+        recorder.load(at.epoch, at.step)
+
+    def commit(point: ResumePoint) -> None:
+        if checkpoints is None:
+            return
+        if recorder is not None:
+            recorder.save(point.epoch, point.step)
+        checkpoints.save(accelerator, point)
+        if recorder is not None:
+            recorder.prune(point.epoch, point.step)
+
     curve = at.curve
     for epoch in range(at.epoch, passes):
         model.train()
@@ -150,14 +175,12 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, source: Traini
             step += 1
             if checkpoints is not None and checkpoints.every_steps and step % checkpoints.every_steps == 0 \
                     and step < steps:
-                checkpoints.save(accelerator, ResumePoint(epoch, step, accelerator.reduce(total, "mean").item(),
-                                                          curve))
+                commit(ResumePoint(epoch, step, accelerator.reduce(total, "mean").item(), curve))
         if step != steps:
             raise RuntimeError(f"rank {rank} ran {step} of {steps} steps in epoch {epoch + 1}; the data changed "
                                "while training — delete the run's index.json and rerun")
         curve.append(_end_epoch(accelerator, model, total, steps, epoch, on_epoch, recorder))
-        if checkpoints is not None:
-            checkpoints.save(accelerator, ResumePoint(epoch + 1, 0, 0.0, curve))
+        commit(ResumePoint(epoch + 1, 0, 0.0, curve))
     return curve
 
 

@@ -21,7 +21,7 @@ from swift_scale.features.functions import (
     lm_features,
 )
 
-__all__ = ["Task", "ClassificationTask", "LMTask", "CLASSIFICATION", "task_for"]
+__all__ = ["Task", "ClassificationTask", "LMTask", "CLASSIFICATION", "task_for", "sampler_features"]
 
 
 class Task(Protocol):
@@ -72,7 +72,7 @@ class ClassificationTask:
 
     name = "classification"
     feature_names = CLASSIFICATION_FEATURES
-    default_sampler_features = ("loss", "renormed_entropy")
+    default_sampler_features: tuple[str, ...] = ("loss", "renormed_entropy")
     metric = "accuracy"
     higher_is_better = True
 
@@ -103,7 +103,7 @@ class LMTask:
 
     name = "lm"
     feature_names = LM_FEATURES
-    default_sampler_features = ("loss", "rarity")
+    default_sampler_features: tuple[str, ...] = ("loss", "rarity")
     metric = "perplexity"
     higher_is_better = False
 
@@ -149,3 +149,11 @@ def task_for(kind: str, rarity: np.ndarray | None = None) -> Task:
             raise ValueError("the language-modelling task needs the training split's token rarity table")
         return LMTask(rarity)
     return CLASSIFICATION
+
+
+def sampler_features(cfg) -> list[str]:
+    """``sampler.features``; the classification default pair becomes the LM default pair for LM runs."""
+    names = list(cfg.sampler.features)
+    if cfg.data.task == "lm" and tuple(names) == ClassificationTask.default_sampler_features:
+        return list(LMTask.default_sampler_features)
+    return names

@@ -77,11 +77,13 @@ class Trainer:
     def fit(self, probs: np.ndarray | None, *, epochs: int, lr: float, ckpt_dir: Path | None = None,
             state: dict | None = None, desc: str = "train", eval_each_epoch: bool = True,
             hook: Callable[[int, torch.nn.Module], None] | None = None, online: OnlineSelect | None = None,
-            recorder: BatchRecorder | None = None) -> tuple[torch.nn.Module, list[dict]]:
+            recorder: BatchRecorder | None = None, keep_best: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
         """Train a fresh model (from ``state`` if given) for ``epochs`` epochs sampling ∝ ``probs``.
 
         Bad training rows are never drawn. With ``eval_each_epoch`` every epoch is scored on val and test and
-        logged as ``desc/...``; ``hook(epoch, model)`` runs first (the pretrain phase saves θ0 there).
+        logged as ``desc/...``; ``hook(epoch, model)`` runs first (the pretrain phase saves θ0 there). With
+        ``keep_best`` the weights of the epoch with the best val score are kept in that file (and its epoch and
+        score in ``best.json`` beside it), surviving a resume.
         """
         t = self.cfg.train
         model = self.new_model(state)
@@ -94,9 +96,12 @@ class Trainer:
                 return {}
             v, s = self.evaluate(m, "val"), self.evaluate(m, "test")
             m.train()
-            row = {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"]}
+            row = {"val_accuracy": v["accuracy"], "val_loss": v["loss"], "test_accuracy": s["accuracy"],
+                   "test_loss": s["loss"]}
             if "perplexity" in v:
                 row.update(val_perplexity=v["perplexity"], test_perplexity=s["perplexity"])
+            if keep_best is not None:
+                self._keep_if_best(keep_best, epoch, self.task.score(v), m)
             self.log(desc, row, epoch)
             return row
 
@@ -107,23 +112,60 @@ class Trainer:
                             desc=desc, progress=t.progress)
         return model, curve
 
+    def _keep_if_best(self, path: Path, epoch: int, score: float, model: torch.nn.Module) -> None:
+        """Save ``model`` to ``path`` when its val ``score`` beats the kept one (main process)."""
+        from swift_scale.io import atomic_write_json, read_json, save_state_dict
+
+        record = path.with_suffix(".json")
+        kept = read_json(record, f"delete {path.parent}") if record.exists() else None
+        if self.acc.is_main_process and (kept is None or score > kept["score"]):
+            save_state_dict(path, self.state(model))
+            atomic_write_json(record, {"epoch": epoch, "score": score})
+        self.acc.wait_for_everyone()
+
     def metrics(self, model: torch.nn.Module, curve: list[dict]) -> dict:
-        """What a finished training records: val and test metrics of its last epoch and the curve."""
-        return {"val": self.evaluate(model, "val"), "test": self.evaluate(model, "test"), "curve": curve}
+        """What a finished training records: val and test metrics of its last epoch, the curve, and (when every
+        epoch was scored) ``best``: the epoch with the best val score and its val and test metrics."""
+        out = {"val": self.evaluate(model, "val"), "test": self.evaluate(model, "test"), "curve": curve}
+        if curve and "val_loss" in curve[0]:
+            out["best"] = best_epoch(curve, self.task)
+        return out
 
     def train_to(self, out: Path, probs: np.ndarray | None, *, state: dict | None = None, desc: str = "train",
-                 hook: Callable[[int, torch.nn.Module], None] | None = None,
-                 online: OnlineSelect | None = None) -> dict:
-        """A full-budget training (``train.epochs`` at ``train.lr``) with its checkpoints in ``out/ckpt`` and its
-        metrics in ``out/metrics.json`` (written by the main process); returns the metrics."""
-        from swift_scale.io import atomic_write_json
+                 hook: Callable[[int, torch.nn.Module], None] | None = None, online: OnlineSelect | None = None,
+                 recorder: BatchRecorder | None = None, epochs: int | None = None, lr: float | None = None,
+                 keep_last: bool = False, before_commit: Callable[[dict], None] | None = None) -> dict:
+        """A training (``train.epochs`` at ``train.lr`` unless given) with its checkpoints in ``out/ckpt``, its
+        best-val weights in ``out/best.pt`` (``keep_last``: the last epoch's in ``out/last.pt`` too) and its
+        metrics in ``out/metrics.json``, written last by the main process after ``before_commit(metrics)`` (on
+        every rank): the file marks the training as done."""
+        from swift_scale.io import atomic_write_json, save_state_dict
 
         t = self.cfg.train
-        model, curve = self.fit(probs, epochs=t.epochs, lr=t.lr, ckpt_dir=out / "ckpt", state=state, desc=desc,
-                                hook=hook, online=online)
+        model, curve = self.fit(probs, epochs=epochs or t.epochs, lr=lr or t.lr, ckpt_dir=out / "ckpt",
+                                state=state, desc=desc, hook=hook, online=online, recorder=recorder,
+                                keep_best=out / "best.pt")
         metrics = self.metrics(model, curve)
+        if keep_last and self.acc.is_main_process:
+            save_state_dict(out / "last.pt", self.state(model))
+        self.acc.wait_for_everyone()
+        if before_commit is not None:
+            before_commit(metrics)
         if self.acc.is_main_process:
             atomic_write_json(out / "metrics.json", metrics)
         self.acc.wait_for_everyone()
         self.acc.free_memory()
         return metrics
+
+
+def best_epoch(curve: list[dict], task: Task) -> dict:
+    """The curve's epoch with the best val score (the first of ties) as {"epoch", "val": {...}, "test": {...}}."""
+
+    def split(row: dict, name: str) -> dict:
+        out = {"accuracy": row[f"{name}_accuracy"], "loss": row.get(f"{name}_loss")}
+        if f"{name}_perplexity" in row:
+            out["perplexity"] = row[f"{name}_perplexity"]
+        return out
+
+    row = max(curve, key=lambda r: (task.score(split(r, "val")), -r["epoch"]))
+    return {"epoch": row["epoch"], "val": split(row, "val"), "test": split(row, "test")}

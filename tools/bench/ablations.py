@@ -75,6 +75,10 @@ def main() -> None:
     ap.add_argument("--segments", type=int, nargs="+", default=[2, 6])
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--parts", nargs="+", default=["search", "fidelity", "segments"],
+                    choices=["search", "fidelity", "segments"])
+    ap.add_argument("--fidelity-pick", choices=["last", "spread"], default="last",
+                    help="the last K finished trials, or K spread evenly over the search (less clustered)")
     args = ap.parse_args()
 
     import torch
@@ -87,7 +91,18 @@ def main() -> None:
         sys.exit(f"{run}: not a finished run; run tools/bench/noisy_labels.py (or swift-scale run) first")
     results: dict = {"run": str(run)}
 
-    # 1. search strategies / transforms
+    if "search" in args.parts:
+        results["search"] = _search_ablation(run, args)
+    if "fidelity" in args.parts:
+        results["fidelity"] = _fidelity(run, args)
+    if "segments" in args.parts:
+        results["segments"] = _segments(run, args)
+    Path(args.results).mkdir(parents=True, exist_ok=True)
+    (Path(args.results) / "ablations.json").write_text(json.dumps(results, indent=1))
+
+
+def _search_ablation(run: Path, args) -> dict:
+    """1. search strategies / transforms: best-so-far curves."""
     curves = {"cgf + BO": best_so_far(run / "search" / "history.jsonl")}
     for label, name, ov in (("cdf + BO", "cdf", ["sampler.transform=cdf"]),
                             ("cgf + random", "random", ["search.strategy=random"])):
@@ -96,32 +111,42 @@ def main() -> None:
         curves[label] = best_so_far(pipe.dir / "search" / "history.jsonl")
     for label, c in curves.items():
         emit({"ablation": "search", "variant": label, "best_so_far": c, "final_best": c[-1]})
-    results["search"] = curves
     _plot_search(curves, Path(args.results) / "ablation_search.png")
+    return curves
 
-    # 2. inner-loop fidelity
+
+def _fidelity(run: Path, args) -> dict:
+    """2. inner-loop fidelity: fine-tune score vs from-scratch val accuracy (SR, TR)."""
     from swift_scale.pipeline import Pipeline  # noqa: F401  (variant() imports it too)
 
     pipe = variant(run, f"fidelity{args.fidelity_epochs}", args.config, [f"train.epochs={args.fidelity_epochs}"])
     pipe.prepare_dir()
     history = [json.loads(x) for x in (run / "search" / "history.jsonl").read_text().splitlines() if x.strip()]
-    last = [r for r in history if r["status"] == "ok"][-args.fidelity_trials:]
-    store = pipe.features()
-    feats = pipe.train_features(store)
+    ok = [r for r in history if r["status"] == "ok"]
+    if args.fidelity_pick == "spread":
+        last = [ok[int(i)] for i in np.unique(np.linspace(0, len(ok) - 1, args.fidelity_trials).round())]
+    else:
+        last = ok[-args.fidelity_trials:]
+    search = pipe.sampler_search()
+    feats = search.feats
     inner, full = [], []
     for r in last:
-        probs = pipe.make_sampler(np.asarray(r["params"]), store, feats).probs(feats)
+        probs = search.sampler(r["params"]).probs(feats)
         m = pipe.train_with(probs, pipe.dir / "fidelity" / f"trial{r['trial']:04d}", f"fidelity {r['trial']}")
+        best = m.get("best", m)  # the best-val checkpoint: what the final phase reports (early stopping)
         inner.append(r["score"])
-        full.append(m["val"]["accuracy"])
+        full.append(best["val"]["accuracy"])
         emit({"ablation": "fidelity", "trial": r["trial"], "finetune_score": r["score"],
-              "scratch_val_accuracy": m["val"]["accuracy"], "scratch_test_accuracy": m["test"]["accuracy"]})
+              "scratch_val_accuracy": best["val"]["accuracy"], "scratch_test_accuracy": best["test"]["accuracy"],
+              "last_epoch_val_accuracy": m["val"]["accuracy"]})
     order = np.argsort(-np.asarray(full), kind="stable")
     top_rank = int(np.where(order == int(np.argmax(inner)))[0][0]) + 1
-    results["fidelity"] = emit({"ablation": "fidelity", "samplers": len(last), "epochs": args.fidelity_epochs,
-                                "spearman": spearman(inner, full), "top_rank": top_rank})
+    return emit({"ablation": "fidelity", "samplers": len(last), "epochs": args.fidelity_epochs,
+                 "pick": args.fidelity_pick, "spearman": spearman(inner, full), "top_rank": top_rank})
 
-    # 3. segments
+
+def _segments(run: Path, args) -> dict:
+    """3. segments S of φ: search + final at the run's budget."""
     base = json.loads((run / "summary.json").read_text())
     seg = {4: base["swift"]["value"]}
     for s in args.segments:
@@ -130,9 +155,7 @@ def main() -> None:
     for s in sorted(seg):
         emit({"ablation": "segments", "segments": s, "swift_test_accuracy": seg[s],
               "uniform_test_accuracy": base["baseline"]["value"]})
-    results["segments"] = {str(k): v for k, v in sorted(seg.items())}
-    Path(args.results).mkdir(parents=True, exist_ok=True)
-    (Path(args.results) / "ablations.json").write_text(json.dumps(results, indent=1))
+    return {str(k): v for k, v in sorted(seg.items())}
 
 
 def _plot_search(curves: dict[str, list[float]], path: Path) -> None:

@@ -139,6 +139,12 @@ def test_cli_streaming_run(tmp_path, digits_shards):
     assert noise["num_flipped"] == round(0.4 * 1079) and len(noise["class_shift"]) == noise["num_flipped"]
     curve = json.loads((out / "final" / "metrics.json").read_text())["curve"]
     assert len(curve) == 4  # 2 epochs × oversample 2 passes: the same optimizer steps as the uniform run
+    from swift_scale.features.store import FeatureStore
+
+    store = FeatureStore(out / "features")  # the training dynamics, recorded as the stream went by
+    assert tuple(store.feature_names[3:]) == ("dyn_loss", "aum", "wrong_frac")
+    loss, wrong = store.column("dyn_loss"), store.column("wrong_frac")
+    assert (loss > 0).all() and ((wrong >= 0) & (wrong <= 1)).all() and 0 < wrong.mean() < 1  # every id visited
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -1,0 +1,123 @@
+"""The pipeline in-process (no subprocess): the phase order, the search's first points, the final modes, the
+best-val checkpoint, the separate θ0 and start checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from swift_scale.config import load_config
+from swift_scale.io import read_jsonl
+from swift_scale.pipeline import Pipeline
+from swift_scale.sampler.swift import SwiftSampler, uniform_theta
+
+from .conftest import ROOT, tiny_overrides
+
+
+def _pipe(shards, out, *extra):
+    return Pipeline(load_config(None, tiny_overrides(shards, out, *extra)))
+
+
+@pytest.fixture(scope="module")
+def finished(digits_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    pipe = _pipe(digits_shards, out, "search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3")
+    summary = pipe.run()
+    pipe.acc.end_training()
+    return out, summary
+
+
+def test_search_starts_with_uniform_then_the_step_samplers(finished, digits_shards):
+    out, _ = finished
+    hist = read_jsonl(out / "search" / "history.jsonl")
+    assert [h["proposed_by"] for h in hist[:4]] == ["first", "initial", "initial", "sobol"]
+    np.testing.assert_array_equal(hist[0]["params"], uniform_theta(4))
+    store = _pipe(digits_shards, out, "search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3").features()
+    cols = {n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}
+    quantiles = {n: store.quantiles(n) for n in ("loss", "renormed_entropy")}
+    for h, q in zip(hist[1:3], (0.2, 0.4)):
+        sampler = SwiftSampler.from_theta(h["params"], ["loss", "renormed_entropy"], quantiles, "cgf").fit(cols)
+        probs = sampler.probs(cols) * len(cols["loss"])
+        top = cols["loss"] > np.quantile(cols["loss"], 1 - q)
+        assert probs[top].mean() < 0.1 < probs[~top].mean()  # the top q of θ0's loss is (almost) never drawn
+
+
+def test_every_training_keeps_its_best_val_checkpoint_and_the_summary_reports_both(finished):
+    out, summary = finished
+    for phase in ("pretrain", "final"):
+        metrics = json.loads((out / phase / "metrics.json").read_text())
+        best = metrics["best"]
+        assert best["val"]["accuracy"] == max(r["val_accuracy"] for r in metrics["curve"])
+        assert json.loads((out / phase / "best.json").read_text())["epoch"] == best["epoch"]
+        assert (out / phase / "best.pt").stat().st_size > 1000
+    assert summary["swift"]["checkpoint"] == "best_val"
+    assert summary["swift"]["value"] == summary["swift"]["best_val"]["test_accuracy"]
+    assert summary["baseline"]["best_val"]["epoch"] == json.loads((out / "pretrain" / "metrics.json").read_text())["best"]["epoch"]
+    assert summary["search"]["optimism"] == pytest.approx(summary["search"]["chosen_score"]
+                                                          - summary["search"]["final_val_score"])
+
+
+def test_theta0_and_start_come_from_the_chosen_epochs(finished):
+    out, _ = finished
+    metrics = json.loads((out / "pretrain" / "metrics.json").read_text())
+    assert metrics["theta0_epoch"] == metrics["best"]["epoch"] and metrics["start_epoch"] == 3
+    for name, src in (("theta0", "best"), ("start", "last")):
+        a = torch.load(out / "pretrain" / f"{name}.pt", weights_only=True)
+        b = torch.load(out / "pretrain" / f"{src}.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_store_holds_the_training_dynamics(finished):
+    out, _ = finished
+    meta = json.loads((out / "features" / "meta.json").read_text())
+    assert meta["feature_names"] == ["loss", "renormed_entropy", "grad_proxy", "dyn_loss", "aum", "wrong_frac"]
+    assert set(meta["quantiles"]) == set(meta["feature_names"])
+
+
+@pytest.mark.parametrize("mode,epochs", [("finetune", 3), ("best_trial", 1)])
+def test_final_modes(finished, tmp_path, mode, epochs, digits_shards):
+    import shutil
+
+    out, _ = finished
+    dst = tmp_path / "run"
+    shutil.copytree(out, dst, ignore=shutil.ignore_patterns("final", "report", "summary.json"))
+    pipe = _pipe(digits_shards, dst, "search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3",
+                 f"train.final_mode={mode}", "run.allow_changed_config=true")
+    summary = pipe.run(until="final")
+    pipe.acc.end_training()
+    curve = json.loads((dst / "final" / "metrics.json").read_text())["curve"]
+    assert len(curve) == epochs and summary["swift"]["final_mode"] == mode
+
+
+def test_paper_protocol_uses_one_theta0(digits_shards, tmp_path):
+    pipe = _pipe(digits_shards, tmp_path / "r", "search.theta0_epoch=1", "train.epochs=2")
+    pipe.run(until="pretrain")
+    pipe.acc.end_training()
+    metrics = json.loads((tmp_path / "r" / "pretrain" / "metrics.json").read_text())
+    assert metrics["theta0_epoch"] == metrics["start_epoch"] == 1
+    assert (tmp_path / "r" / "pretrain" / "epoch1.pt").exists()
+
+
+def test_pair_flip_noise_is_exact_and_recorded(digits_shards, tmp_path):
+    pipe = _pipe(digits_shards, tmp_path / "r", "data.noise_kind=pair", "data.noise_rate=0.3")
+    pipe.prepare_dir()
+    noise = json.loads((tmp_path / "r" / "noise.json").read_text())
+    n = len(pipe.data.train)
+    assert noise["kind"] == "pair" and noise["num_flipped"] == round(0.3 * n) == len(set(noise["flipped_ids"]))
+    clean, noisy = np.array(noise["clean_labels"]), np.array(noise["noisy_labels"])
+    assert np.array_equal(noisy, (clean + 1) % 10)
+    labels = pipe.data.train.labels.numpy()
+    assert np.array_equal(labels[noise["flipped_ids"]], noisy)
+    pipe.acc.end_training()
+
+
+def test_lm_model_can_be_built_before_any_phase(tmp_path):
+    text = {s: str(ROOT / "tests" / "fixtures" / f"kjv_{s}.txt") for s in ("train", "val", "test")}
+    cfg = load_config(None, tiny_overrides(text, tmp_path / "lm", "data.task=lm", "model.name=gpt2",
+                                           "model.kwargs.n_layer=1", "model.kwargs.n_embd=16",
+                                           "model.kwargs.n_head=2", "data.seq_len=32", "data.vocab_size=300"))
+    pipe = Pipeline(cfg)
+    model = pipe.new_model()  # used to fail: the eos id was only set by the LM data loader
+    assert model.config.vocab_size == pipe.data.num_outputs and model.config.eos_token_id == pipe.data.eos_id
+    assert not (tmp_path / "lm").exists()  # reading the data writes nothing

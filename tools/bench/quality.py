@@ -1,0 +1,175 @@
+"""Benchmark: the learned sampler's final model against what a user gets for free, over seeds.
+
+    python tools/bench/quality.py --config CONFIG [--seeds 0 1 2] [--name NAME] [--out runs/bench/quality]
+        [--rules clean drop_top_loss:rate] [--final-modes finetune best_trial] [key=value ...]
+    python tools/bench/quality.py --table runs/bench/quality/NAME.jsonl [--table ...]   (markdown from saved output)
+
+For every seed it runs the whole pipeline (``CONFIG`` plus the overrides) into ``OUT/NAME/seedS`` and reports,
+test accuracy (or perplexity) in %:
+- ``uniform`` — the pretraining: its last epoch and its best-val epoch (plain early stopping);
+- ``swift`` — the final model under the learned sampler: last epoch and best-val epoch, the sampler's
+  noise-detection AUROC (1 − p against the flipped ids), its share of examples below 0.1× uniform, the share of
+  draws that go to flipped labels, and the search's winner's-curse gap;
+- each ``--rules`` entry at the same budget: ``clean`` (the oracle: train on the clean ids only),
+  ``drop_top_loss:rate`` (told the true noise rate), ``drop_top_loss:F``;
+- each ``--final-modes`` entry: the final phase redone on the same search with ``train.final_mode`` set, in a
+  copy of the run folder (the ablation of the final mode).
+
+Nothing is chosen on test. One JSON line per (seed, method), then one summary line per method (mean ± std);
+with ``--table`` the markdown rows. Runs resume (finished run folders are read back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pct(x):
+    return None if x is None else round(100 * x, 2)
+
+
+def sampler_stats(pipe) -> dict:
+    """AUROC, the share of examples below 0.1× uniform, and the share of draws that land on flipped labels."""
+    from swift_scale.report.metrics import noise_auroc
+    from swift_scale.sampler.swift import SwiftSampler
+
+    noisy = pipe.data.noisy_ids
+    p = SwiftSampler.load(pipe.dir / "sampler.json").probs(pipe.train_features())
+    out = {"share_below_0.1x": round(float(np.mean(p * len(p) < 0.1)), 3)}
+    if len(noisy):
+        out.update(auroc=round(noise_auroc(p, noisy), 3), noisy_draw_share=round(float(p[noisy].sum()), 3))
+    return out
+
+
+def run_seed(args, seed: int) -> list[dict]:
+    from swift_scale.config import load_config
+    from swift_scale.pipeline import Pipeline
+
+    out = Path(args.out) / args.name / f"seed{seed}"
+    overrides = [f"run.out_dir={out}", f"seed={seed}", "train.progress=false", *args.overrides]
+    cfg = load_config(args.config, overrides)
+    t0 = time.time()
+    pipe = Pipeline(cfg)
+    summary = pipe.run()
+    metric = summary["baseline"]["metric"]
+    scale = pct if metric == "test_accuracy" else (lambda v: None if v is None else round(v, 2))
+    base, sw = summary["baseline"], summary["swift"]
+    rows = [{"method": "uniform", "last": scale(base["value"]), "best_val": scale(base["best_val"][metric]),
+             "best_epoch": base["best_val"]["epoch"]},
+            {"method": "swift", "last": scale(sw["last"][metric]), "best_val": scale(sw["best_val"][metric]),
+             "best_epoch": sw["best_val"]["epoch"], "search_best": summary["search"]["best_score"],
+             "uniform_trial": summary["search"]["uniform_score"], "optimism": summary["search"].get("optimism"),
+             **sampler_stats(pipe), "seconds": round(sum(summary["seconds"].values()), 1)}]
+    for rule in args.rules:
+        spelled = rule.replace("rate", f"{cfg.data.noise_rate:g}")
+        if "drop_top_loss" in spelled and cfg.data.noise_rate == 0 and "rate" in rule:
+            continue
+        if spelled == "clean" and cfg.data.noise_rate == 0:
+            continue
+        m = pipe.rule(spelled)
+        rows.append({"method": rule, "last": scale(m["test"][metric.split("_", 1)[1]]),
+                     "best_val": scale(m["best"]["test"][metric.split("_", 1)[1]])})
+    pipe.acc.end_training()
+    for mode in args.final_modes:
+        rows.append(final_mode(args, cfg, out, mode, metric, scale))
+    for r in rows:
+        r.update(bench="quality", name=args.name, seed=seed, run_seconds=round(time.time() - t0, 1))
+    return rows
+
+
+def final_mode(args, cfg, out: Path, mode: str, metric: str, scale) -> dict:
+    """The final phase redone with ``train.final_mode=mode`` on a copy of the run folder (same search)."""
+    from swift_scale.config import load_config
+    from swift_scale.pipeline import Pipeline
+
+    dst = out.parent / f"{out.name}_final_{mode}"
+    if not (dst / "summary.json").exists():
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(out, dst, ignore=shutil.ignore_patterns("final", "report", "summary.json", "rules"))
+    overrides = [f"run.out_dir={dst}", f"seed={cfg.seed}", "train.progress=false", *args.overrides,
+                 f"train.final_mode={mode}", "run.allow_changed_config=true"]
+    pipe = Pipeline(load_config(args.config, overrides))
+    s = pipe.run()
+    pipe.acc.end_training()
+    return {"method": f"swift final_mode={mode}", "last": scale(s["swift"]["last"][metric]),
+            "best_val": scale(s["swift"]["best_val"][metric]),
+            "best_val_val": scale(s["swift"]["best_val"][metric.replace("test_", "val_")])}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        line = {"bench": "quality", "summary": True, "name": mine[0]["name"], "method": method,
+                "seeds": [r["seed"] for r in mine]}
+        for key in ("last", "best_val", "auroc", "share_below_0.1x", "noisy_draw_share", "optimism"):
+            values = [r[key] for r in mine if r.get(key) is not None]
+            if values:
+                line[key] = {"mean": round(statistics.fmean(values), 3),
+                             "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0}
+        out.append(line)
+    return out
+
+
+def table(paths: list[str]) -> None:
+    """Markdown rows: method | last epoch | best-val checkpoint | AUROC, mean ± std over seeds."""
+    print("| run | method | last epoch | best-val checkpoint | noise AUROC | seeds |")
+    print("|---|---|---|---|---|---|")
+    for path in paths:
+        rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.startswith("{")]
+        for s in (r for r in rows if r.get("summary")):
+            def f(key, s=s):
+                v = s.get(key)
+                return "—" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
+
+            auroc = "—" if "auroc" not in s else f"{s['auroc']['mean']:.3f}"
+            print(f"| {s['name']} | {s['method']} | {f('last')} | {f('best_val')} | {auroc} | {len(s['seeds'])} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--name", default="default")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "quality"))
+    ap.add_argument("--rules", nargs="*", default=["clean", "drop_top_loss:rate"])
+    ap.add_argument("--final-modes", nargs="*", default=[])
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--table", nargs="+", metavar="JSONL")
+    # key=value overrides may stand anywhere (also after --seeds, whose nargs would otherwise swallow them)
+    argv = sys.argv[1:]
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = ap.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
+    if args.table:
+        table(args.table)
+        return
+    if not args.config:
+        sys.exit("give --config")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    rows = []
+    for seed in args.seeds:
+        for row in run_seed(args, seed):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for line in summarise(rows):
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
