@@ -75,7 +75,7 @@ def test_tiny_gpt_runs_every_phase(tmp_path):
     hist = [json.loads(x) for x in (out / "search" / "history.jsonl").read_text().splitlines()]
     assert all(r["score"] < 0 for r in hist)  # −log perplexity
     meta = json.loads((out / "features" / "meta.json").read_text())
-    assert meta["feature_names"] == ["loss", "rarity", "grad_proxy"] and meta["complete"]
+    assert meta["feature_names"] == ["loss", "rarity", "grad_proxy", "dyn_loss", "aum", "wrong_frac"] and meta["complete"]
     sampler = json.loads((out / "sampler.json").read_text())
     assert sampler["features"] == ["loss", "rarity"]
     noise = json.loads((out / "noise.json").read_text())

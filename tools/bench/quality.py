@@ -65,10 +65,12 @@ def run_seed(args, seed: int) -> list[dict]:
     metric = summary["baseline"]["metric"]
     scale = pct if metric == "test_accuracy" else (lambda v: None if v is None else round(v, 2))
     base, sw = summary["baseline"], summary["swift"]
+    val = metric.replace("test_", "val_")
     rows = [{"method": "uniform", "last": scale(base["value"]), "best_val": scale(base["best_val"][metric]),
-             "best_epoch": base["best_val"]["epoch"]},
+             "best_epoch": base["best_val"]["epoch"], "best_val_val": scale(base["best_val"][val])},
             {"method": "swift", "last": scale(sw["last"][metric]), "best_val": scale(sw["best_val"][metric]),
-             "best_epoch": sw["best_val"]["epoch"], "search_best": summary["search"]["best_score"],
+             "best_epoch": sw["best_val"]["epoch"], "best_val_val": scale(sw["best_val"][val]),
+             "search_best": summary["search"]["best_score"],
              "uniform_trial": summary["search"]["uniform_score"], "optimism": summary["search"].get("optimism"),
              **sampler_stats(pipe), "seconds": round(sum(summary["seconds"].values()), 1)}]
     for rule in args.rules:
@@ -113,7 +115,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["method"] == method]
         line = {"bench": "quality", "summary": True, "name": mine[0]["name"], "method": method,
                 "seeds": [r["seed"] for r in mine]}
-        for key in ("last", "best_val", "auroc", "share_below_0.1x", "noisy_draw_share", "optimism"):
+        for key in ("last", "best_val", "best_val_val", "auroc", "share_below_0.1x", "noisy_draw_share", "optimism"):
             values = [r[key] for r in mine if r.get(key) is not None]
             if values:
                 line[key] = {"mean": round(statistics.fmean(values), 3),
@@ -124,8 +126,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def table(paths: list[str]) -> None:
     """Markdown rows: method | last epoch | best-val checkpoint | AUROC, mean ± std over seeds."""
-    print("| run | method | last epoch | best-val checkpoint | noise AUROC | seeds |")
-    print("|---|---|---|---|---|---|")
+    print("| run | method | test, last epoch | test, best-val checkpoint | val, best-val checkpoint | noise AUROC | seeds |")
+    print("|---|---|---|---|---|---|---|")
     for path in paths:
         rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.startswith("{")]
         for s in (r for r in rows if r.get("summary")):
@@ -134,7 +136,8 @@ def table(paths: list[str]) -> None:
                 return "—" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
 
             auroc = "—" if "auroc" not in s else f"{s['auroc']['mean']:.3f}"
-            print(f"| {s['name']} | {s['method']} | {f('last')} | {f('best_val')} | {auroc} | {len(s['seeds'])} |")
+            print(f"| {s['name']} | {s['method']} | {f('last')} | {f('best_val')} | {f('best_val_val')} | {auroc} "
+                  f"| {len(s['seeds'])} |")
 
 
 def main() -> None:
