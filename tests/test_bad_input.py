@@ -20,7 +20,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from .conftest import ROOT, cli, tiny_overrides
+from .conftest import ROOT, cli, cli_in_process, corrupt_shard, tiny_overrides
 
 CASES = {}
 
@@ -458,11 +458,26 @@ def test_the_table_is_large():
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_exits_2_with_one_line_and_changes_nothing(name, tmp_path, digits_shards, finished):
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(name, tmp_path, digits_shards, finished, capfd):
+    """The whole table through ``cli.main`` in this process (see ``cli_in_process``)."""
+    _check_case(name, tmp_path, digits_shards, finished, lambda *args: cli_in_process(capfd, *args))
+
+
+# a sample of the table through the real console entry point in a fresh interpreter: one of each kind
+SUBPROCESS = ["train.epochs=0", "--config not UTF-8", "shard missing", "truncated tar", "model.checkpoint garbage",
+              "garbage pretrain/theta0.pt", "train --sampler binary garbage", "lm: unknown GPT2Config key"]
+
+
+@pytest.mark.parametrize("name", SUBPROCESS)
+def test_bad_input_in_a_fresh_process(name, tmp_path, digits_shards, finished):
+    _check_case(name, tmp_path, digits_shards, finished, cli)
+
+
+def _check_case(name, tmp_path, digits_shards, finished, run):
     c = Ctx(tmp_path, digits_shards, finished)
     args, needle = CASES[name](c)
     before = snapshot(c.watch)
-    res = cli(*args)
+    res = run(*args)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
     assert len(lines) == 1 and lines[0].startswith("swift-scale: error: "), res.stderr[-3000:]
@@ -573,10 +588,8 @@ def test_streaming_counts_each_bad_sample_once(tmp_path):
     from swift_scale.train.models import create_model
     from swift_scale.train.tasks import CLASSIFICATION
 
-    from .test_data import _corrupt_shard
-
     path = tmp_path / "c-000000.tar"
-    _corrupt_shard(path)
+    corrupt_shard(path)
     index = build_index([str(path)])
     split = StreamingSplit(index, StreamOptions(num_classes=10, on_error="skip", sample_shape=(1, 4, 4)))
     for pass_ in range(3):

@@ -12,7 +12,7 @@ import yaml
 from swift_scale.io import read_jsonl
 from swift_scale.sampler import SwiftSampler
 
-from .conftest import ROOT, cli, tiny_overrides
+from .conftest import ROOT, cli, corrupt_shard, tiny_overrides
 
 
 def test_run_end_to_end_writes_every_contract_file(tmp_path, digits_shards):
@@ -135,10 +135,9 @@ def test_failed_trials_are_recorded_with_reason(tmp_path, digits_shards):
 def test_corrupt_training_samples_are_skipped_and_reported(tmp_path, digits_shards, mode):
     """Indexed mode finds bad samples while decoding; streaming mode (2 workers) drops them from their batches
     and finds them all in the features pass. Either way: listed, counted, never sampled; fail mode exits 2."""
-    from .test_data import _corrupt_shard
 
     bad = tmp_path / "bad-000000.tar"
-    _corrupt_shard(bad)
+    corrupt_shard(bad)
     train = digits_shards["train"].replace("{000000..000003}", "{000000..000001}") + "::" + str(bad)
     out = tmp_path / "skip"
     args = [a if not a.startswith("data.train=") else f"data.train={train}" for a in tiny_overrides(digits_shards, out)]

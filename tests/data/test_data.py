@@ -7,6 +7,7 @@ import webdataset as wds
 
 from swift_scale.data import DataError, build_index, expand_shards, load_split, symmetric_label_noise
 from swift_scale.data.writers import write_shards
+from tests.conftest import corrupt_shard
 
 
 def test_shard_table_and_global_ids(tmp_path):
@@ -71,20 +72,9 @@ def test_symmetric_noise_exact_and_reproducible():
     assert len(np.unique((noisy[flipped] - labels[flipped]) % 10)) == 9
 
 
-def _corrupt_shard(path):
-    """5 samples: good, undecodable png, missing cls, wrong shape, non-integer label, good."""
-    with wds.TarWriter(str(path)) as sink:
-        sink.write({"__key__": "ok0", "png": np.full((4, 4), 7, np.uint8), "cls": 1})
-        sink.write({"__key__": "badpng", "png": b"not a png", "cls": 2})
-        sink.write({"__key__": "nolabel", "png": np.zeros((4, 4), np.uint8)})
-        sink.write({"__key__": "shape", "png": np.zeros((6, 6), np.uint8), "cls": 0})
-        sink.write({"__key__": "label", "png": np.zeros((4, 4), np.uint8), "cls": b"cat"})
-        sink.write({"__key__": "ok1", "png": np.full((4, 4), 9, np.uint8), "cls": 3})
-
-
 def test_bad_samples_skipped_and_counted_by_url_and_key(tmp_path):
     path = tmp_path / "c-000000.tar"
-    _corrupt_shard(path)
+    corrupt_shard(path)
     index = build_index([str(path)])
     assert index.total == 6
     ld = load_split(index, on_error="skip")

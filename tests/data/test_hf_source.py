@@ -48,9 +48,9 @@ def test_run_on_hf_sources(hf_digits, tmp_path):
     assert noise["clean_labels"] == clean.labels[noise["flipped_ids"]].tolist()
 
 
-def test_hf_bad_references_exit_2(hf_digits, tmp_path):
+def test_hf_bad_references_exit_2(hf_digits, tmp_path, main_cli):
     def run(train, name):
-        return cli("run", f"data.train={train}", f"data.val=hf:{hf_digits / 'digits'}#val",
+        return main_cli("run", f"data.train={train}", f"data.val=hf:{hf_digits / 'digits'}#val",
                    f"data.test=hf:{hf_digits / 'digits'}#test", f"run.out_dir={tmp_path / name}", *TINY)
 
     r = run(f"hf:{hf_digits / 'digits'}", "a")
@@ -151,15 +151,15 @@ def test_streaming_run_on_hf_files(hf_digits, hf_stream_files, tmp_path, kind, c
     assert len(list((out / "features" / "done").iterdir())) == 3
 
 
-def test_streaming_hf_bad_files_exit_2(hf_digits, tmp_path):
+def test_streaming_hf_bad_files_exit_2(hf_digits, tmp_path, main_cli):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     common = (f"data.val=hf:{hf_digits / 'digits'}#val", f"data.test=hf:{hf_digits / 'digits'}#test", *TINY,
               "data.mode=streaming", "data.on_error=fail")
-    r = cli("run", f"data.train=hf:parquet:{tmp_path / 'bad.parquet'}", f"run.out_dir={tmp_path / 'a'}", *common)
+    r = main_cli("run", f"data.train=hf:parquet:{tmp_path / 'bad.parquet'}", f"run.out_dir={tmp_path / 'a'}", *common)
     assert r.returncode == 2 and "bad.parquet" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = cli("run", f"data.train=hf:json:{tmp_path}/none-*.jsonl", f"run.out_dir={tmp_path / 'b'}", *common)
+    r = main_cli("run", f"data.train=hf:json:{tmp_path}/none-*.jsonl", f"run.out_dir={tmp_path / 'b'}", *common)
     assert r.returncode == 2 and "names no json files" in r.stderr, r.stderr
-    r = cli("run", f"data.train=hf:imagefolder:{tmp_path}", f"run.out_dir={tmp_path / 'c'}", *common)
+    r = main_cli("run", f"data.train=hf:imagefolder:{tmp_path}", f"run.out_dir={tmp_path / 'c'}", *common)
     assert r.returncode == 2 and "data.mode" in r.stderr, r.stderr
     assert not (tmp_path / "a" / "summary.json").exists()
 

@@ -9,7 +9,7 @@ import torch
 from swift_scale.data.noise import NoisePlan
 from swift_scale.data.shards import build_index, expand_shards
 from swift_scale.data.stream import StreamingSplit, StreamOptions
-from tests.conftest import TINY, cli
+from tests.conftest import TINY, cli, corrupt_shard
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +202,8 @@ def test_bad_samples_in_streaming_skip_mode(tmp_path):
     a training pass leaves them out of their batches with its step count unchanged; fail mode names the key."""
     from swift_scale.data import DataError
 
-    from .test_data import _corrupt_shard
-
     path = tmp_path / "c-000000.tar"
-    _corrupt_shard(path)
+    corrupt_shard(path)
     index = build_index([str(path)])
     split = StreamingSplit(index, StreamOptions(num_classes=10, on_error="skip", sample_shape=(1, 4, 4)))
     got = list(split.feature_batches(0, 0, 0, 4))

@@ -94,8 +94,8 @@ def test_tiny_gpt_runs_every_phase(tmp_path):
     (["data.seq_len=100000"], "data.train"),
     (["model.name=bert"], "model.name"),
 ])
-def test_lm_bad_input_exits_2(tmp_path, extra, needle):
-    r = cli("run", *_lm_args(tmp_path / "bad", *extra))
+def test_lm_bad_input_exits_2(tmp_path, extra, needle, main_cli):
+    r = main_cli("run", *_lm_args(tmp_path / "bad", *extra))
     assert r.returncode == 2, r.stderr[-1000:]
     assert r.stderr.startswith(f"swift-scale: error: {needle}") and len(r.stderr.strip().splitlines()) == 1
 
