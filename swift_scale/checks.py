@@ -13,7 +13,7 @@ from swift_scale.run_folder import RunFolder
 from swift_scale.train.tasks import ClassificationTask, LMTask, sampler_features
 
 __all__ = ["check_precision", "check_sampler_features", "sampler_features", "stored_features", "check_transfer",
-           "check_model"]
+           "check_model", "check_trial_groups"]
 
 
 def stored_features(cfg: Config) -> tuple[str, ...]:
@@ -40,6 +40,16 @@ def check_precision(cfg: Config) -> None:
     if cfg.train.mixed_precision == "fp16" and on_cpu:
         raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU and this run is on the CPU; "
                           "use bf16 or no")
+
+
+def check_trial_groups(cfg: Config, world: int) -> None:
+    """``search.procs_per_trial`` must divide the number of processes the run was launched with."""
+    from swift_scale.train.groups import trial_groups
+
+    try:
+        trial_groups(world, cfg.search.procs_per_trial)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_transfer(cfg: Config, folder: RunFolder, sampler_path: str | Path) -> None:

@@ -179,6 +179,19 @@ class SearchConfig:
     mean: less optimistic than the best of many noisy scores)."""
     lr: float = 0.0
     """Fine-tune learning rate; 0 = ``train.lr``."""
+    procs_per_trial: int = 1
+    """Processes that fine-tune one trial together (DDP within the group, no gradient sync between groups):
+    with W processes, W / procs_per_trial trials run at a time, proposed together (batch BO). 0 = every process
+    trains each trial (one trial at a time)."""
+    rungs: list[int] = field(default_factory=list)
+    """Fine-tune epochs after which a trial is scored on val and stopped when it is not in the top 1/``eta`` of
+    the earlier trials' scores there (successive halving, ASHA-style; the GP then models the fidelity). [] =
+    every trial runs ``finetune_epochs``."""
+    eta: float = 3.0
+    """Successive-halving rate: at a rung, a trial goes on when it is in the top 1/eta (needs eta earlier scores)."""
+    overlap: bool = True
+    """Compute the next round's proposals in a helper process while the current round trains, with the running
+    trials as pending points, so the GP is off the critical path; false = after each round, from its results."""
 
 
 @dataclass
@@ -303,6 +316,12 @@ class Config:
         need(self.train.final_checkpoint in ("best_val", "last"), "train.final_checkpoint",
              f"must be best_val or last, got {self.train.final_checkpoint!r}")
         need(self.search.lr >= 0, "search.lr", "must be >= 0 (0 = train.lr)")
+        need(self.search.procs_per_trial >= 0, "search.procs_per_trial", "must be >= 0 (0 = every process)")
+        need(all(1 <= e < self.search.finetune_epochs for e in self.search.rungs)
+             and sorted(set(self.search.rungs)) == list(self.search.rungs), "search.rungs",
+             f"must be increasing epochs in [1, search.finetune_epochs={self.search.finetune_epochs}), "
+             f"got {self.search.rungs}")
+        need(self.search.eta > 1, "search.eta", f"must be > 1, got {self.search.eta}")
         need(bool(self.run.name) and self.run.name not in (".", "..")
              and not any(c in self.run.name for c in "/\\\0"), "run.name",
              f"must be a plain folder name under runs/ (no '/', not '.' or '..'), got {self.run.name!r}; "
@@ -338,8 +357,9 @@ def _field_map(obj) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(obj)}
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    """Convert ``value`` (from YAML or a CLI string) to the type of the field's current/default value."""
+def _coerce(value: Any, current: Any, key: str, declared: str = "") -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the type of the field's current/default value (a list's
+    items: to the item type ``declared`` for the field, e.g. ``list[int]``)."""
     typ = type(current)
     if isinstance(current, bool):
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
@@ -366,8 +386,11 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if current and all(isinstance(v, float) for v in current):  # a list of numbers
-            return [_coerce(v, 0.0, key) for v in value]
+        item = {"list[int]": 0, "list[float]": 0.0}.get(declared.replace(" ", ""))
+        if item is None and current and all(isinstance(v, float) for v in current):  # a list of numbers
+            item = 0.0
+        if item is not None:
+            return [_coerce(v, item, key) for v in value]
         return [str(v) for v in value]
     if isinstance(current, dict):
         if isinstance(value, str):  # a YAML mapping on the command line: model.kwargs='{width: 16}'
@@ -403,7 +426,8 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
             current = getattr(obj, part)
             if dataclasses.is_dataclass(current):
                 raise ConfigError(f"{dotted}: is a section; set one of its keys, e.g. {dotted}.{fields(current)[0].name}")
-            setattr(obj, part, _coerce(value, current, dotted))
+            declared = fmap[part].type
+            setattr(obj, part, _coerce(value, current, dotted, declared if isinstance(declared, str) else ""))
         else:
             obj = getattr(obj, part)
             if not dataclasses.is_dataclass(obj):

@@ -1,14 +1,14 @@
 """The whole run (docs/design.md §1): index → pretrain → features → search → final → report.
 
 Each phase is a short method that records its completion in the run folder; rerunning the same command skips
-finished phases and continues unfinished ones (epoch checkpoints, finished shards, finished trials). Data
-loading lives in :mod:`swift_scale.data`, training in :mod:`swift_scale.train`, the run folder's bookkeeping in
-:mod:`swift_scale.run_folder` and the summary in :mod:`swift_scale.report`.
+finished phases and continues unfinished ones (epoch checkpoints, finished shards, finished trials). Data: in
+:mod:`swift_scale.data`, training: :mod:`swift_scale.train`, the run folder: :mod:`swift_scale.run_folder`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from swift_scale.features.dynamics import DynamicsRecorder, dynamics_features
 from swift_scale.features.extract import extract_features
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import read_jsonl
+from swift_scale.report.progress import announce
 from swift_scale.report.summary import RunFacts, build_summary
 from swift_scale.report.tracking import Tracking, trackers_of
 from swift_scale.run_folder import RunFolder
@@ -55,11 +56,12 @@ class Pipeline:
     def check(self, sampler_path: str | Path | None = None) -> None:
         """Everything a user can get wrong that is known before the data is read: the run folder (and its
         records), the sampler's features, the model, a transferred sampler. Writes nothing."""
-        from swift_scale.checks import check_model, check_sampler_features, check_transfer
+        from swift_scale.checks import check_model, check_sampler_features, check_transfer, check_trial_groups
 
         self.folder.check()
         self.folder.check_records()
         check_sampler_features(self.cfg)
+        check_trial_groups(self.cfg, self.acc.num_processes)
         check_model(self.cfg)
         if sampler_path is not None:
             check_transfer(self.cfg, self.folder, sampler_path)
@@ -215,10 +217,15 @@ class Pipeline:
                                 read_jsonl(self.dir / "search" / "history.jsonl"))
         if self.acc.is_main_process:
             self.folder.write_json("summary.json", summary)
-        metric = self.task.metric
-        self.log("summary", {f"baseline_test_{metric}": summary["baseline"]["value"],
-                             f"swift_test_{metric}": summary["swift"]["value"]}, 0)
+        self.tracking.log_summary(summary)
         return summary
+
+    def _phase(self, phase: str, fn):
+        """Run a phase, add its wall time to ``seconds.json`` and print its one-line summary (main process)."""
+        t0, out = time.time(), self.folder.timed(phase, fn, self.acc.is_main_process)
+        if self.acc.is_main_process and self.cfg.train.progress:
+            announce(phase, time.time() - t0, out, self.task.metric, self.dir)
+        return out
 
     def run(self, until: str = "report", sampler_path: str | Path | None = None) -> dict | None:
         """Run every phase up to ``until`` (inclusive), skipping finished ones."""
@@ -228,10 +235,10 @@ class Pipeline:
         self.prepare_dir(sampler_path)
         for phase, fn in (("pretrain", self.pretrain), ("features", self.features), ("search", self.search)):
             if stop >= PHASES.index(phase) and not (phase == "search" and sampler_path is not None):
-                self.folder.timed(phase, fn, main)
+                self._phase(phase, fn)
         if stop < PHASES.index("final"):
             return None
-        self.folder.timed("final", lambda: self.final(sampler_path), main)
+        self._phase("final", lambda: self.final(sampler_path))
         summary = self.summary()
         if stop >= PHASES.index("report") and main:
             from swift_scale.report.writer import write_report

@@ -83,6 +83,9 @@ CONFIG = [
     ("nosuch.key=1", "nosuch.key"), ("train=3", "train"), ("seed", "seed"),
     ("seed=99999999999999999999999", "seed"), ("seed=-1", "seed"),
     ("run.name=..", "run.name"), ("run.name=a/b", "run.name"),
+    ("search.rungs=[1,1]", "search.rungs"), ("search.rungs=[5]", "search.rungs"), ("search.rungs=[x]", "search.rungs"),
+    ("search.eta=1", "search.eta"), ("search.procs_per_trial=-1", "search.procs_per_trial"),
+    ("search.procs_per_trial=3", "search.procs_per_trial"),
 ]
 for _override, _needle in CONFIG:
     case(_override)(lambda c, o=_override, n=_needle: (c.run(o), n))

@@ -225,7 +225,92 @@ def test_training_dynamics_are_bit_identical_for_one_and_two_ranks(tmp_path):
         "rank00000-e000002-s000000000.npy", "rank00001-e000002-s000000000.npy"]  # older snapshots pruned
 
 
+def _search_worker(out_dir):
+    """A trial-parallel search on 2 ranks (one trial each per round) whose trials take very different times:
+    rank 1's trials sleep, some trials stop after their first rung; proposals overlap in the helper process."""
+    import time
+
+    from accelerate import Accelerator
+
+    from swift_scale.sampler import UNIFORM_THETA
+    from swift_scale.search import SearchEngine
+    from swift_scale.search.driver import TrialResult, run_search
+    from swift_scale.search.engine import asha_stop
+
+    acc = Accelerator(cpu=True)
+    target = np.linspace(0.2, 0.8, 10)
+
+    def evaluate(trial, earlier):
+        time.sleep(0.4 if acc.process_index == 1 else 0.0)
+        score = -float(np.sum((trial.theta - target) ** 2))
+        if asha_stop(earlier, 1, score - 0.1):
+            return TrialResult(score - 0.1, rungs={1: score - 0.1}, stopped_at=1)
+        return TrialResult(score, rungs={1: score - 0.1})
+
+    engine = SearchEngine(Path(out_dir) / "history.jsonl", seed=0, n_init=2, num_restarts=1, raw_samples=16,
+                          initial=[UNIFORM_THETA], fidelity_epochs=3)
+    run_search(engine, 9, evaluate, acc, slots=2, group=acc.process_index, overlap=True)
+    with open(Path(out_dir) / f"rank{acc.process_index}.json", "w") as f:
+        json.dump(engine.history, f)
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+@pytest.mark.dist
+def test_trial_parallel_search_gathers_uneven_trials_in_order(tmp_path):
+    for run in ("a", "b"):
+        _launch("search", tmp_path / run, 2)
+    from swift_scale.io import read_jsonl
+
+    a, b = (read_jsonl(tmp_path / run / "history.jsonl") for run in ("a", "b"))
+    assert [r["trial"] for r in a] == list(range(9)) and [r["round"] for r in a] == [0, 0, 1, 1, 2, 2, 3, 3, 4]
+    assert [r["params"] for r in a] == [r["params"] for r in b]  # the same history for the same world size
+    assert [r["status"] for r in a] == [r["status"] for r in b] and "stopped" in {r["status"] for r in a}
+    ranks = [json.loads((tmp_path / "a" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["params"] for r in ranks[0]] == [r["params"] for r in ranks[1]] == [r["params"] for r in a]
+
+
+def _groups_worker(out_dir):
+    """4 ranks in 2 trial groups of 2 (search.procs_per_trial=2): each group trains its own model with DDP over
+    the group only."""
+    import torch.distributed as dist
+    from accelerate import Accelerator
+
+    from swift_scale.train.groups import GroupAccelerator, trial_groups
+    from swift_scale.train.loop import TrainSpec, evaluate, train_model
+    from swift_scale.train.models import create_model
+
+    acc = Accelerator(cpu=True)
+    groups = trial_groups(acc.num_processes, 2)
+    handles = [dist.new_group(r) for r in groups]
+    g = acc.process_index // 2
+    view = GroupAccelerator(acc, groups[g], handles[g])
+    torch.manual_seed(0)
+    model = create_model("swift_cnn", num_classes=10, width=4)
+    data = _data()
+    p = np.random.default_rng(g).random(len(data)) ** (4 * g + 1)  # each group its own sampler
+    train_model(view, model, data, probs=p, spec=TrainSpec(1, 64, 1e-2, seed=3), progress=False)
+    acc_val = evaluate(view, model, data)
+    torch.save({"state": view.unwrap_model(model).state_dict(), "val": acc_val, "group": g,
+                "group_rank": view.process_index}, Path(out_dir) / f"rank{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+@pytest.mark.dist
+def test_trial_groups_train_their_own_models_with_ddp_inside_the_group(tmp_path):
+    _launch("groups", tmp_path, 4)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(4)]
+    assert [(x["group"], x["group_rank"]) for x in got] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    weights = [k for k in got[0]["state"] if not k.endswith(("running_mean", "running_var"))]  # BN stats: local
+    for a, b in ((0, 1), (2, 3)):  # DDP inside a group: the same weights and the same all-reduced val figures
+        assert all(torch.equal(got[a]["state"][k], got[b]["state"][k]) for k in weights)
+        assert got[a]["val"] == got[b]["val"]
+    assert not all(torch.equal(got[0]["state"][k], got[2]["state"][k]) for k in weights)
+
+
 def _launch(worker: str, out_dir: Path, num_processes: int) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     res = subprocess.run([sys.executable, "-m", "tests.test_distributed", worker, str(out_dir), str(num_processes)],
                          cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -233,5 +318,6 @@ def _launch(worker: str, out_dir: Path, num_processes: int) -> None:
 
 if __name__ == "__main__":
     fn = {"features": _features_worker, "train": _train_worker, "stream-train": _stream_train_worker,
-          "stream-features": _stream_features_worker, "dynamics": _dynamics_worker}[sys.argv[1]]
+          "stream-features": _stream_features_worker, "dynamics": _dynamics_worker, "search": _search_worker,
+          "groups": _groups_worker}[sys.argv[1]]
     debug_launcher(fn, args=(sys.argv[2],), num_processes=int(sys.argv[3]))

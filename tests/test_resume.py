@@ -16,8 +16,11 @@ from .conftest import ROOT, cli, tiny_overrides
 EXTRA = ["search.trials=6", "search.n_init=2"]
 
 
-def _kill_when(out, predicate, args, timeout=120):
-    proc = subprocess.Popen([sys.executable, "-m", "swift_scale.cli", "run", *args], cwd=ROOT,
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _kill_when(out, predicate, args, timeout=120, launcher=()):
+    proc = subprocess.Popen([sys.executable, *launcher, "-m", "swift_scale.cli", "run", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     try:
@@ -96,6 +99,36 @@ def test_kill_during_features_or_final_resumes(tmp_path, digits_shards, phase):
     assert (out / "features" / "features.npy").read_bytes() == (ref / "features" / "features.npy").read_bytes()
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, out))
     assert sa["baseline"] == sb["baseline"] and sa["swift"] == sb["swift"]
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_kill_during_a_trial_parallel_search_on_two_processes_and_resume(tmp_path, digits_shards):
+    """2 processes, one trial each per round, trials stopped early after epoch 1, proposals computed in the helper
+    process during the round before: killed (the whole process group) mid-search, the rerun ends with the
+    uninterrupted run's history."""
+    extra = ["search.trials=9", "search.n_init=2", "search.finetune_epochs=2", "search.rungs=[1]", "search.eta=2"]
+
+    def run(out):
+        return subprocess.run([sys.executable, *TORCHRUN, "-m", "swift_scale.cli", "run",
+                               *tiny_overrides(digits_shards, out, *extra)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+
+    ref = tmp_path / "ref"
+    res = run(ref)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "killed"
+    hist = out / "search" / "history.jsonl"
+    killed = _kill_when(out, lambda o: hist.exists() and len(read_jsonl(hist)) >= 4,
+                        tiny_overrides(digits_shards, out, *extra), launcher=TORCHRUN)
+    assert killed and len(read_jsonl(hist)) < 9
+    res = run(out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = read_jsonl(ref / "search" / "history.jsonl"), read_jsonl(hist)
+    assert [r["trial"] for r in b] == list(range(9)) and [r["round"] for r in a] == [0, 0, 1, 1, 2, 2, 3, 3, 4]
+    for key in ("params", "score", "status", "rungs"):
+        assert [r.get(key) for r in a] == [r.get(key) for r in b], key
+    assert {r["status"] for r in a} >= {"ok"} and json.loads((out / "summary.json").read_text())["world_size"] == 2
 
 
 def test_run_folder_from_an_older_version_without_new_keys_still_resumes(tmp_path):

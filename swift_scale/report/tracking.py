@@ -29,3 +29,9 @@ class Tracking:
         """Send the numeric ``values`` as ``prefix/key`` at ``step``."""
         if self.enabled:
             self.acc.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+
+    def log_summary(self, summary: dict) -> None:
+        """The baseline's and the swift sampler's headline test figures."""
+        metric = summary["baseline"]["metric"]
+        self.log("summary", {f"baseline_{metric}": summary["baseline"]["value"],
+                             f"swift_{metric}": summary["swift"]["value"]}, 0)

@@ -1,44 +1,196 @@
-"""The search loop around an :class:`~swift_scale.search.engine.SearchEngine`, for every process of a run.
+"""The search loop around a :class:`~swift_scale.search.engine.SearchEngine`, for every process of a run.
 
-Every rank asks the engine for the same θ (proposals are a function of the shared history), runs the trial
-(a distributed fine-tune), and tells the outcome; only the main rank appends to the history file.
+The search runs in *rounds* of ``slots`` trials: with W processes and ``search.procs_per_trial`` = k there are
+W / k groups, and group g trains trial ``g`` of the round on its own processes (no gradient sync between
+groups). Every round:
+
+1. the main process proposes the round's θ (or takes the proposals its helper process computed during the
+   previous round, see :class:`Proposer`) and broadcasts them;
+2. each group fine-tunes and scores its trial (:class:`TrialResult`), judged for early stopping against the
+   trials of earlier rounds only, so the outcome does not depend on which group finishes first;
+3. the results are all-gathered — a group that finishes early waits there, whatever the trials' durations —
+   and every rank tells the engine the round's trials in trial order; only the main process appends them to
+   the history file.
+
+Determinism: the round structure is fixed by ``slots``, and a round's proposals are a pure function of the
+history before it (with ``overlap``: the history before the previous round, and the previous round's θ as
+pending points), so a killed search resumes to the same history for the same number of processes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from swift_scale.search.engine import SearchEngine, Trial
 
-__all__ = ["run_search", "best_or_raise"]
+__all__ = ["TrialResult", "Proposer", "run_search", "best_or_raise"]
 
 logger = logging.getLogger("swift_scale")
 
-#: a trial's outcome: (score, None), or (None, the reason it failed)
-Outcome = tuple[float | None, str | None]
+
+@dataclass
+class TrialResult:
+    """What one trial reports: its val score (None when it failed, with ``error`` the reason), its val scores
+    after the rung epochs it reached, the epoch it was stopped after (None: it ran to full length) and its wall
+    time."""
+
+    score: float | None
+    error: str | None = None
+    rungs: dict[int, float] = field(default_factory=dict)
+    stopped_at: int | None = None
+    seconds: float = 0.0
 
 
-def run_search(engine: SearchEngine, trials: int, evaluate: Callable[[Trial], Outcome], accelerator,
-               log: Callable[[str, dict, int], None] | None = None) -> SearchEngine:
-    """Ask, evaluate and tell until the history holds ``trials`` trials (a resumed search continues)."""
-    while engine.num_trials < trials:
-        trial = engine.ask()
-        score, error = evaluate(trial)
-        accelerator.wait_for_everyone()
-        rec = engine.tell(trial, score, error=error, persist=accelerator.is_main_process)
-        accelerator.wait_for_everyone()
-        best = engine.best()
-        if log is not None:
-            log("search", {"score": rec["score"] if rec["score"] is not None else math.nan,
-                           "best_so_far": best["score"] if best else math.nan}, trial.index)
-        logger.info("trial %d score %s (best %s)", trial.index, rec["score"], best and best["score"])
+def _propose(conn, settings: dict) -> None:  # the helper process's loop (module level: spawn pickles it by name)
+    import torch
+
+    torch.set_num_threads(1)
+    engine = SearchEngine(None, **settings)
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:  # the search process is gone
+            return
+        if msg is None:
+            return
+        engine.history, observed, pending, q = msg
+        conn.send([(t.index, t.theta, t.proposed_by) for t in engine.ask_batch(q, observed=observed,
+                                                                              pending=pending)])
+
+
+class Proposer:
+    """The proposals of each round, for the main process.
+
+    ``overlap=False``: a round's proposals are computed when it starts, from every finished trial.
+    ``overlap=True``: they are computed during the previous round, in a helper process (spawned once; it
+    shares no RNG or threads with training), from the trials finished before that round and with its running
+    trials as pending points — the proposal is then off the critical path as long as it takes less time than a
+    round. A resumed search recomputes a round the same way. Random search and the fixed first points
+    (initial, Sobol) are computed in place either way.
+    """
+
+    def __init__(self, engine: SearchEngine, slots: int, overlap: bool):
+        self.engine, self.slots = engine, slots
+        self.overlap = overlap and engine.strategy == "bo"
+        self._conn: Any = None  # the helper's end of a multiprocessing Pipe, and the helper
+        self._proc: Any = None
+        self._waiting: tuple[int, int] | None = None
+
+    def _needs_gp(self, start: int, q: int) -> bool:
+        return any(self.engine._fixed_point(t)[0] is None for t in range(start, start + q))
+
+    def _inputs(self, start: int, running: Sequence[Trial] | None) -> tuple[int, list[np.ndarray]]:
+        """(records the round ``start`` may use, θ of the pending trials) — see the class docstring. The round
+        before is ``running`` (not yet in the history) or, on a resumed search, the history's last records."""
+        if not self.overlap or start == 0:
+            return start, []
+        if running is not None:
+            return start - len(running), [t.theta for t in running]
+        lo = max(0, start - self.slots)
+        return lo, [np.asarray(r["params"]) for r in self.engine.history[lo:start]]
+
+    def submit(self, start: int, q: int, running: Sequence[Trial] | None = None) -> None:
+        """Start computing the round of trials start … start+q−1 while the round ``running`` trains."""
+        if not self.overlap or not self._needs_gp(start, q):
+            return
+        if self._proc is None:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")
+            self._conn, child = ctx.Pipe()
+            self._proc = ctx.Process(target=_propose, args=(child, self.engine.settings()), daemon=True,
+                                     name="swift-scale-proposals")
+            self._proc.start()
+            child.close()
+        observed, pending = self._inputs(start, running)
+        self._conn.send((self.engine.history[:observed], observed, pending, q))
+        self._waiting = (start, q)
+
+    def round(self, start: int, q: int) -> list[Trial]:
+        """The θ of trials start … start+q−1 (waits for the helper when it is computing them)."""
+        if self._waiting != (start, q):
+            self.submit(start, q)
+        if self._waiting == (start, q):
+            self._waiting = None
+            now = time.time()
+            return [Trial(i, np.asarray(theta), how, now) for i, theta, how in self._conn.recv()]
+        observed, pending = self._inputs(start, None)
+        return self.engine.ask_batch(q, observed=observed, pending=pending)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._proc.join(timeout=10)
+            self._proc = None
+
+
+def run_search(engine: SearchEngine, trials: int,
+               evaluate: Callable[[Trial, Sequence[dict]], TrialResult], accelerator,
+               log: Callable[[str, dict, int], None] | None = None, *, slots: int = 1, group: int = 0,
+               leader: bool = True, overlap: bool = False, progress: bool = False) -> SearchEngine:
+    """Run rounds until the history holds ``trials`` trials (a resumed search continues).
+
+    ``evaluate(trial, earlier)`` runs on every process of this process's ``group`` (``earlier``: the records of
+    the rounds before, for early stopping); ``leader``: this process reports its group's result.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+    from tqdm.auto import tqdm
+
+    main = accelerator.is_main_process
+    proposer = Proposer(engine, slots, overlap) if main else None
+    bar = tqdm(total=trials, initial=engine.num_trials, desc="search", unit="trial", dynamic_ncols=True,
+               disable=None if (progress and main) else True)
+    try:
+        while engine.num_trials < trials:
+            start = engine.num_trials
+            q = min(slots, trials - start)
+            waited = time.time()
+            batch = proposer.round(start, q) if proposer is not None else None
+            waited = time.time() - waited
+            batch = broadcast_object_list([batch])[0]
+            if proposer is not None and start + q < trials:
+                proposer.submit(start + q, min(slots, trials - start - q), running=batch)
+            earlier = list(engine.history)
+            mine = evaluate(batch[group], earlier) if group < len(batch) else None
+            results = [r for r in gather_object([(group, mine) if leader else None]) if r is not None]
+            by_group = dict(results)
+            for g, trial in enumerate(batch):
+                res = by_group[g]
+                rec = engine.tell(trial, res.score, error=res.error, rungs=res.rungs, stopped_at=res.stopped_at,
+                                  seconds=res.seconds, persist=main,
+                                  extra={"round": start // slots, "proposal_wait": round(waited, 4)})
+                _report(engine, rec, log, bar)
+    finally:
+        bar.close()
+        if proposer is not None:
+            proposer.close()
     return engine
 
 
+def _report(engine: SearchEngine, rec: dict, log, bar) -> None:
+    best = engine.best()
+    if log is not None:
+        log("search", {"score": rec["score"] if rec["score"] is not None else math.nan,
+                       "best_so_far": best["score"] if best else math.nan}, rec["trial"])
+    logger.info("trial %d %s score %s (best %s)", rec["trial"], rec["status"], rec["score"],
+                best and best["score"])
+    bar.update(1)
+    if best is not None:
+        bar.set_postfix(best=f"{best['score']:.4f}", refresh=False)
+
+
 def best_or_raise(engine: SearchEngine) -> dict:
-    """The best finished trial; RuntimeError naming the first failure when every trial failed."""
+    """The best full-length trial; RuntimeError naming the first failure when every trial failed."""
     best = engine.best()
     if best is None:
         first = next((r.get("error") for r in engine.history if r.get("error")), "unknown")

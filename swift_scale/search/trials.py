@@ -3,12 +3,17 @@ from the start checkpoint under the trial's sampler, scored on val.
 
 The first points are uniform sampling and the step samplers of ``search.init_steps`` (drop the top q of the
 first feature), so a search that never finds better still reports what uniform sampling scores, and the GP sees
-sharp samplers from the start (docs/design.md §6: without them, 40 trials rarely reach a step by chance).
+sharp samplers from the start (docs/design.md §6: without them, 40 trials rarely reach a sharp step by chance).
+
+Trials run in parallel across the run's processes (``search.procs_per_trial`` processes each) and a trial that
+is clearly behind after a rung epoch (``search.rungs``) stops there (:func:`~swift_scale.search.engine.asha_stop`);
+see :mod:`swift_scale.search.driver`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +22,18 @@ import numpy as np
 from swift_scale.config import Config
 from swift_scale.features.store import FeatureStore
 from swift_scale.sampler.swift import SwiftSampler, num_params, uniform_theta
-from swift_scale.search.driver import Outcome, best_or_raise, run_search
-from swift_scale.search.engine import SearchEngine, Trial
+from swift_scale.search.driver import TrialResult, best_or_raise, run_search
+from swift_scale.search.engine import SearchEngine, Trial, asha_stop
+from swift_scale.train.groups import GroupAccelerator, trial_groups
 from swift_scale.train.tasks import sampler_features
 from swift_scale.train.trainer import Trainer
 
 __all__ = ["SamplerSearch"]
+
+
+class _Stopped(Exception):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
 
 
 class SamplerSearch:
@@ -50,28 +61,65 @@ class SamplerSearch:
                  for q in self.cfg.search.init_steps] if segments >= 3 else []
         return [uniform_theta(segments), *steps]
 
-    def trial(self, trial: Trial, state0: dict) -> Outcome:
-        """(val score, None), or (None, the reason) when the fine-tune fails; a failure never ends the search."""
-        s, trainer = self.cfg.search, self.trainer
+    def trial(self, trial: Trial, state0: dict, earlier: Sequence[dict] = (),
+              trainer: Trainer | None = None) -> TrialResult:
+        """Fine-tune ``state0`` under trial's sampler and score it on val; scored on val after each rung epoch
+        too, and stopped there when :func:`asha_stop` says so against the ``earlier`` trials. A failure is a
+        result with its reason, never an exception: it must not end the search."""
+        s, trainer = self.cfg.search, trainer or self.trainer
+        rungs: dict[int, float] = {}
+        t0 = time.time()
+
+        def at_epoch(epoch, model):
+            if epoch in s.rungs and epoch < s.finetune_epochs:
+                rungs[epoch] = score = trainer.task.score(trainer.evaluate(model, "val"))
+                model.train()
+                if asha_stop(earlier, epoch, score, s.eta):
+                    raise _Stopped(epoch)
+
         sampler = self.sampler(trial.theta)
         try:
             model, _ = trainer.fit(sampler.probs(self.feats), epochs=s.finetune_epochs, lr=s.lr or self.cfg.train.lr,
                                    state=state0, desc=f"trial {trial.index}", eval_each_epoch=False,
-                                   online=self.online(sampler))
-            return trainer.task.score(trainer.evaluate(model, "val")), None
+                                   hook=at_epoch, online=self.online(sampler))
+            score = trainer.task.score(trainer.evaluate(model, "val"))
+            return TrialResult(score, rungs=rungs, seconds=time.time() - t0)
+        except _Stopped as stop:
+            return TrialResult(rungs[stop.epoch], rungs=rungs, stopped_at=stop.epoch, seconds=time.time() - t0)
         except Exception as e:  # noqa: BLE001 - any failure inside a trial is recorded, never fatal
-            return None, f"{type(e).__name__}: {e}"
+            return TrialResult(None, error=f"{type(e).__name__}: {e}", rungs=rungs, seconds=time.time() - t0)
         finally:
             trainer.acc.free_memory()
 
+    def engine(self, history: Path) -> SearchEngine:
+        s = self.cfg.search
+        return SearchEngine(history, dim=num_params(self.cfg.sampler.segments), strategy=s.strategy,  # type: ignore[arg-type]
+                            seed=self.cfg.seed, n_init=s.n_init, acquisition=s.acquisition,  # type: ignore[arg-type]
+                            beta=s.beta, num_restarts=s.num_restarts, raw_samples=s.raw_samples,
+                            initial=self.initial_points(), fidelity_epochs=s.finetune_epochs if s.rungs else 0)
+
+    def group_trainer(self) -> tuple[Trainer, int, int, bool]:
+        """(this process's trainer, its group, the number of groups, whether it leads its group): every process
+        trains each trial together (the run's own accelerator) or groups of ``search.procs_per_trial`` do."""
+        acc = self.trainer.acc
+        groups = trial_groups(acc.num_processes, self.cfg.search.procs_per_trial)
+        if len(groups) == 1:
+            return self.trainer, 0, 1, acc.is_main_process
+        import torch.distributed as dist
+
+        handles = [dist.new_group(ranks) if len(ranks) > 1 else None for ranks in groups]  # every rank, in order
+        g = next(i for i, ranks in enumerate(groups) if acc.process_index in ranks)
+        view = GroupAccelerator(acc, groups[g], handles[g])
+        return self.trainer.on(view), g, len(groups), view.is_main_process
+
     def run(self, history: Path, state0: dict, log: Callable[[str, dict, int], None] | None = None) -> dict:
         """Search until ``search.trials`` trials are in ``history`` (a resumed search continues); the chosen
-        trial's record: the best observed score, or the GP's best posterior mean (``search.select``)."""
+        trial's record: the best observed full-length score, or the GP's best posterior mean
+        (``search.select``)."""
         s = self.cfg.search
-        engine = SearchEngine(history, dim=num_params(self.cfg.sampler.segments), strategy=s.strategy,  # type: ignore[arg-type]
-                              seed=self.cfg.seed, n_init=s.n_init, acquisition=s.acquisition,  # type: ignore[arg-type]
-                              beta=s.beta, num_restarts=s.num_restarts, raw_samples=s.raw_samples,
-                              initial=self.initial_points())
-        run_search(engine, s.trials, lambda t: self.trial(t, state0), self.trainer.acc, log)
+        engine = self.engine(history)
+        trainer, group, slots, leader = self.group_trainer()
+        run_search(engine, s.trials, lambda t, earlier: self.trial(t, state0, earlier, trainer), self.trainer.acc,
+                   log, slots=slots, group=group, leader=leader, overlap=s.overlap, progress=self.cfg.train.progress)
         best = best_or_raise(engine)
         return (engine.posterior_best() or best) if s.select == "posterior" else best

@@ -132,13 +132,14 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, source: Traini
                 checkpoints: Checkpoints | None = None,
                 on_epoch: Callable[[int, torch.nn.Module], dict] | None = None,
                 recorder: BatchRecorder | None = None, online: OnlineSelect | None = None,
-                desc: str = "train", progress: bool = True) -> list[dict]:
+                desc: str = "train", progress: bool = True, epoch_bar: bool = False) -> list[dict]:
     """Train ``model`` for ``spec.epochs`` epochs, sampling ids ∝ ``probs`` (None = uniform); returns the curve.
 
     A streaming source makes ``epochs × oversample`` passes when sampling (each keeps 1/oversample of the
     candidates ∝ p), so its optimizer steps match a uniform run's. ``on_epoch(epoch, model)`` returns metrics
     appended to the curve; ``recorder`` sees every batch's per-example loss and margin; ``online`` is the
-    ``data.online`` selector (streaming only).
+    ``data.online`` selector (streaming only). ``progress``: a bar per epoch on the main process;
+    ``epoch_bar``: and one over the epochs (with the last epoch's train loss and val score).
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = max(1, spec.batch_size // world)
@@ -159,13 +160,16 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, source: Traini
             recorder.prune(point.epoch, point.step)
 
     curve = at.curve
+    show = None if (progress and accelerator.is_local_main_process) else True
+    outer = tqdm(total=passes, initial=at.epoch, desc=desc, unit="epoch", dynamic_ncols=True,
+                 disable=show if epoch_bar else True)
     for epoch in range(at.epoch, passes):
         model.train()
         first = at.step if epoch == at.epoch else 0
         steps, batches = source.epoch(probs, epoch, seed=spec.seed, rank=rank, world=world, per_rank=per_rank,
                                       start_step=first, device=accelerator.device, online=online)
         bar = tqdm(batches, total=steps - first, desc=f"{desc} {epoch + 1}/{passes}", leave=False,
-                   disable=None if (progress and accelerator.is_local_main_process) else True)
+                   dynamic_ncols=True, disable=show)
         total = torch.full((), at.loss_sum if epoch == at.epoch else 0.0, device=accelerator.device)
         step = first
         for x, y, ids in bar:
@@ -181,6 +185,10 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, source: Traini
                                "while training — delete the run's index.json and rerun")
         curve.append(_end_epoch(accelerator, model, total, steps, epoch, on_epoch, recorder))
         commit(ResumePoint(epoch + 1, 0, 0.0, curve))
+        outer.update(1)
+        outer.set_postfix({k.replace("_accuracy", "_acc"): f"{v:.4g}" for k, v in curve[-1].items()
+                           if k in ("train_loss", "val_accuracy", "val_perplexity")}, refresh=False)
+    outer.close()
     return curve
 
 

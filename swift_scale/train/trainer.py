@@ -36,6 +36,11 @@ class Trainer:
         self.cfg, self.acc, self.data, self.task = cfg, accelerator, data, task
         self.log = log or (lambda prefix, values, step: None)
 
+    def on(self, accelerator) -> Trainer:
+        """This trainer over another accelerator, e.g. a :class:`~swift_scale.train.groups.GroupAccelerator`
+        (a trial trained by a group of the run's processes)."""
+        return Trainer(self.cfg, accelerator, self.data, self.task, self.log)
+
     def new_model(self, state: dict | None = None) -> torch.nn.Module:
         """A fresh model initialised from ``seed`` (the same on every rank and rerun), then ``state`` if given."""
         m = self.cfg.model
@@ -109,7 +114,7 @@ class Trainer:
         checkpoints = Checkpoints(ckpt_dir, t.checkpoint_steps) if ckpt_dir is not None else None
         curve = train_model(self.acc, model, self.data.train, probs=probs, spec=spec, task=self.task,
                             checkpoints=checkpoints, on_epoch=on_epoch, recorder=recorder, online=online,
-                            desc=desc, progress=t.progress)
+                            desc=desc, progress=t.progress, epoch_bar=eval_each_epoch)
         return model, curve
 
     def _keep_if_best(self, path: Path, epoch: int, score: float, model: torch.nn.Module) -> None:

@@ -1,0 +1,150 @@
+"""Batch proposals, early stopping (successive halving) and the multi-fidelity GP; the round loop in one process
+(the 2-process gather is in tests/test_distributed.py, a killed 2-process search in tests/test_resume.py)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from swift_scale.io import read_jsonl
+from swift_scale.sampler import UNIFORM_THETA
+from swift_scale.search import SearchEngine
+from swift_scale.search.driver import Proposer, TrialResult, run_search
+from swift_scale.search.engine import asha_stop
+
+TARGET = np.linspace(0.15, 0.85, 10)
+SMOKE = {"num_restarts": 2, "raw_samples": 64, "initial": [UNIFORM_THETA], "n_init": 3}
+
+
+def objective(x):
+    return -float(np.sum((np.asarray(x) - TARGET) ** 2))
+
+
+def _engine(path=None, **kw):
+    return SearchEngine(path, seed=1, **(SMOKE | kw))
+
+
+def _fill(engine, n):
+    while engine.num_trials < n:
+        t = engine.ask()
+        engine.tell(t, objective(t.theta))
+    return engine
+
+
+def test_a_batch_is_numbered_spread_out_and_deterministic():
+    a, b = _fill(_engine(), 6), _fill(_engine(), 6)
+    batch = a.ask_batch(3)
+    assert [t.index for t in batch] == [6, 7, 8] and all(t.proposed_by == "bo" for t in batch)
+    thetas = np.array([t.theta for t in batch])
+    assert min(np.linalg.norm(thetas[i] - thetas[j]) for i in range(3) for j in range(i)) > 1e-3
+    np.testing.assert_array_equal(thetas, [t.theta for t in b.ask_batch(3)])
+
+
+def test_a_batch_mixes_fixed_points_and_bo_and_a_batch_of_one_is_ask():
+    e = _fill(_engine(), 3)
+    batch = e.ask_batch(3)  # trial 3 is the last Sobol point, 4 and 5 come from the GP
+    assert [t.proposed_by for t in batch] == ["sobol", "bo", "bo"]
+    e2 = _fill(_engine(), 5)
+    np.testing.assert_array_equal(e2.ask_batch(1)[0].theta, _fill(_engine(), 5).ask().theta)
+
+
+def test_pending_points_are_avoided_and_numbered_after():
+    e = _fill(_engine(), 6)
+    running = e.ask_batch(1)[0]
+    nxt = e.ask_batch(1, pending=[running.theta])[0]
+    assert nxt.index == 7 and np.linalg.norm(nxt.theta - running.theta) > 1e-3
+    # the same proposal from a history that already holds the pending trial (a resumed search)
+    e.tell(running, objective(running.theta))
+    again = e.ask_batch(1, observed=6, pending=[np.asarray(e.history[6]["params"])])[0]
+    np.testing.assert_array_equal(again.theta, nxt.theta)
+    with pytest.raises(ValueError, match="observed"):
+        e.ask_batch(1, observed=99)
+
+
+@pytest.mark.parametrize("earlier,score,stop", [
+    ([0.5, 0.6], 0.1, False),            # fewer than eta scores at the rung: never stopped
+    ([0.5, 0.6, 0.7], 0.8, False),       # the best so far goes on
+    ([0.5, 0.6, 0.7], 0.65, True),       # 4 at the rung: only the top one goes on
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], 0.65, False),  # 9: the top 3 (0.8, 0.7, 0.65) go on
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], 0.55, True),
+])
+def test_successive_halving_rule(earlier, score, stop):
+    history = [{"rungs": {"1": s}} for s in earlier] + [{"rungs": {"2": 0.99}}, {}]
+    assert asha_stop(history, 1, score, eta=3) is stop
+
+
+def test_stopped_trials_are_recorded_and_inform_the_multi_fidelity_gp(tmp_path):
+    e = _engine(tmp_path / "h.jsonl", fidelity_epochs=4)
+    for i in range(8):
+        t = e.ask()
+        full = objective(t.theta)
+        if i % 2:  # every other trial "stopped after epoch 1" with a lower, correlated score
+            e.tell(t, full - 0.5, rungs={1: full - 0.5}, stopped_at=1)
+        else:
+            e.tell(t, full, rungs={1: full - 0.5})
+    hist = read_jsonl(tmp_path / "h.jsonl")
+    assert [r["status"] for r in hist[:2]] == ["ok", "stopped"] and hist[1]["epochs"] == 1
+    assert hist[0]["rungs"] == {"1": pytest.approx(hist[0]["score"] - 0.5)}
+    assert e.best()["trial"] % 2 == 0  # a stopped trial is never the best: it has no full-length score
+    x, y = e._training_data(e.history)
+    assert x.shape == (8 + 4, 11) and set(x[:, 10].tolist()) == {0.25, 1.0}
+    t = e.ask()
+    assert t.proposed_by == "bo" and t.theta.shape == (10,)
+    assert e.posterior_best()["status"] == "ok"
+
+
+class _Solo:
+    """What run_search needs of an accelerator in a single process."""
+    is_main_process = True
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_rounds_in_one_process_resume_to_the_same_history(tmp_path, overlap):
+    """Rounds of 2 trials in one process (the second slot's trial evaluated by the same process is what a
+    2-group run does); with overlap the proposals come from the helper process; a cut history resumes to the
+    same trials."""
+    def evaluate(trial, earlier):
+        score = objective(trial.theta)
+        if trial.index >= 4 and asha_stop(earlier, 1, score - 0.1):
+            return TrialResult(score - 0.1, rungs={1: score - 0.1}, stopped_at=1)
+        return TrialResult(score, rungs={1: score - 0.1})
+
+    def search(path, n, slots_evaluate):
+        e = _engine(path, fidelity_epochs=3)
+        run_search(e, n, slots_evaluate, _Solo(), slots=1, overlap=overlap)
+        return e
+
+    search(tmp_path / "full.jsonl", 9, evaluate)
+    search(tmp_path / "cut.jsonl", 6, evaluate)
+    resumed = search(tmp_path / "cut.jsonl", 9, evaluate)
+    a, b = read_jsonl(tmp_path / "full.jsonl"), read_jsonl(tmp_path / "cut.jsonl")
+    assert [r["params"] for r in a] == [r["params"] for r in b] and len(b) == 9
+    assert [r["status"] for r in a] == [r["status"] for r in b]
+    assert resumed.num_trials == 9 and any(r["status"] == "stopped" for r in a)
+    assert all(r["round"] == r["trial"] and r["proposal_wait"] >= 0 for r in a)
+
+
+def test_overlapped_proposals_equal_the_inline_ones(tmp_path):
+    """The helper process computes exactly what the engine computes in place (same history, same pending)."""
+    e = _fill(_engine(tmp_path / "h.jsonl"), 6)
+    running = e.ask_batch(1)
+    helper = Proposer(e, slots=1, overlap=True)
+    try:
+        helper.submit(7, 1, running=running)
+        got = helper.round(7, 1)
+    finally:
+        helper.close()
+    want = e.ask_batch(1, observed=6, pending=[running[0].theta])
+    assert got[0].index == want[0].index == 7
+    np.testing.assert_allclose(got[0].theta, want[0].theta, rtol=0, atol=1e-12)
+
+
+def test_a_failed_trial_in_a_round_is_recorded(tmp_path):
+    def evaluate(trial, earlier):
+        return TrialResult(None, error="RuntimeError: boom") if trial.index == 1 else \
+            TrialResult(objective(trial.theta))
+
+    e = _engine(tmp_path / "h.jsonl")
+    run_search(e, 3, evaluate, _Solo(), slots=1)
+    assert [r["status"] for r in e.history] == ["ok", "failed", "ok"] and e.history[1]["error"] == "RuntimeError: boom"
+    assert math.isfinite(e.best()["score"])
