@@ -23,9 +23,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/swift-scale demo
 
+# one worker per core, each test file on one worker (its module fixtures are built once)
 test: $(STAMP)
 	$(BIN)/ruff check swift_scale tests tools
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check swift_scale tests tools

@@ -1,7 +1,7 @@
 """Benchmark: the learned sampler's final model against what a user gets for free, over seeds.
 
     python tools/bench/quality.py --config CONFIG [--seeds 0 1 2] [--name NAME] [--out runs/bench/quality]
-        [--rules clean drop_top_loss:rate] [--final-modes finetune best_trial] [key=value ...]
+        [--rules clean drop_top_loss:rate] [--final-modes finetune best_trial] [--reuse NAME] [key=value ...]
     python tools/bench/quality.py --table runs/bench/quality/NAME.jsonl [--table ...]   (markdown from saved output)
 
 For every seed it runs the whole pipeline (``CONFIG`` plus the overrides) into ``OUT/NAME/seedS`` and reports,
@@ -58,6 +58,17 @@ def run_seed(args, seed: int) -> list[dict]:
 
     out = Path(args.out) / args.name / f"seed{seed}"
     overrides = [f"run.out_dir={out}", f"seed={seed}", "train.progress=false", *args.overrides]
+    if args.reuse and not out.exists():  # the same pretraining and features: start from that run's copy
+        src = Path(args.out) / args.reuse / f"seed{seed}"
+        if not (src / "features" / "meta.json").exists():
+            sys.exit(f"--reuse {args.reuse}: {src} has no finished features phase")
+        shutil.copytree(src, out, ignore=shutil.ignore_patterns("search", "sampler.json", "final", "report", "rules",
+                                                                 "summary.json", "*_final_*"))
+        timings = json.loads((out / "seconds.json").read_text())  # only the copied phases' times stay
+        (out / "seconds.json").write_text(json.dumps({k: v for k, v in timings.items()
+                                                      if k in ("index", "pretrain", "features")}))
+    if args.reuse:
+        overrides.append("run.allow_changed_config=true")
     cfg = load_config(args.config, overrides)
     t0 = time.time()
     pipe = Pipeline(cfg)
@@ -149,6 +160,8 @@ def main() -> None:
     ap.add_argument("--rules", nargs="*", default=["clean", "drop_top_loss:rate"])
     ap.add_argument("--final-modes", nargs="*", default=[])
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--reuse", metavar="NAME", help="copy the pretraining and features of run NAME's seeds (the "
+                    "overrides must not change them: e.g. sampler.* or search.* only)")
     ap.add_argument("--table", nargs="+", metavar="JSONL")
     # key=value overrides may stand anywhere (also after --seeds, whose nargs would otherwise swallow them)
     argv = sys.argv[1:]
