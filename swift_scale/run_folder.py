@@ -28,6 +28,14 @@ logger = logging.getLogger("swift_scale")
 T = TypeVar("T")
 
 
+COSMETIC = {("train", "progress")}  # settings that change what is shown, never what is computed
+
+
+def _without_cosmetic(cfg: dict) -> dict:
+    return {k: ({f: x for f, x in v.items() if (k, f) not in COSMETIC} if isinstance(v, dict) else v)
+            for k, v in cfg.items()}
+
+
 class RunFolder:
     """One run's folder (``cfg.run_dir()``)."""
 
@@ -88,11 +96,11 @@ class RunFolder:
         if not isinstance(old, dict):
             raise ConfigError(f"{saved}: not a swift_scale run config (not a mapping); choose another run folder")
         resolved = config_to_dict(self.cfg)
-        comparable = {k: v for k, v in resolved.items() if k != "run"}
+        comparable = _without_cosmetic({k: v for k, v in resolved.items() if k != "run"})
         # keys added to swift_scale after the folder was made compare at their defaults
         defaults = config_to_dict(Config())
-        old_cmp = {k: ({**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v)
-                   for k, v in old.items() if k != "run"}
+        old_cmp = _without_cosmetic({k: ({**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict)
+                                         else v) for k, v in old.items() if k != "run"})
         if comparable != old_cmp and not self.cfg.run.allow_changed_config:
             diff = sorted(f"{s}.{k}" for s in comparable if isinstance(comparable[s], dict)
                           for k in comparable[s] if (old_cmp.get(s) or {}).get(k) != comparable[s][k])

@@ -17,9 +17,14 @@ from .conftest import ROOT, cli, corrupt_shard, tiny_overrides
 
 def test_run_end_to_end_writes_every_contract_file(tmp_path, digits_shards):
     out = tmp_path / "run"
-    res = cli("run", *tiny_overrides(digits_shards, out))
+    res = cli("run", *tiny_overrides(digits_shards, out, "train.progress=true"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "swift sampler" in res.stdout
+    # one line per finished phase (time and headline figure) between the progress bars
+    lines = {ln.split()[0]: ln for ln in res.stderr.replace("\r", "\n").splitlines()
+             if ln.split() and ln.split()[0] in ("pretrain", "features", "search", "final")}
+    assert set(lines) == {"pretrain", "features", "search", "final"}, res.stderr[-2000:]
+    assert "at its best epoch" in lines["pretrain"] and "3 trials" in lines["search"], lines
     for rel in ("config.yaml", "index.json", "pretrain/metrics.json", "pretrain/theta0.pt", "features/meta.json",
                 "features/features.npy", "search/history.jsonl", "sampler.json", "final/metrics.json",
                 "report/report.md", "summary.json", "noise.json"):

@@ -121,3 +121,15 @@ def test_lm_model_can_be_built_before_any_phase(tmp_path):
     model = pipe.new_model()  # used to fail: the eos id was only set by the LM data loader
     assert model.config.vocab_size == pipe.data.num_outputs and model.config.eos_token_id == pipe.data.eos_id
     assert not (tmp_path / "lm").exists()  # reading the data writes nothing
+
+
+def test_phase_lines_name_the_time_and_the_headline_figure():
+    from swift_scale.report.progress import phase_line
+
+    metrics = {"val": {"accuracy": 0.5}, "best": {"epoch": 3, "val": {"accuracy": 0.9}}}
+    assert phase_line("pretrain", 7.25, metrics, "accuracy") == \
+        "pretrain      7.2 s  val accuracy 50.00% at the last epoch, 90.00% at its best epoch 3"
+    history = [{"status": "ok"}, {"status": "stopped"}, {"status": "stopped"}, {"status": "failed"}]
+    line = phase_line("search", 60.0, {"trial": 0, "score": 0.9666}, "accuracy", history)
+    assert line.endswith("4 trials (2 stopped early, 1 failed), chosen trial 0: val 96.66%")
+    assert "log-perplexity" in phase_line("search", 1.0, {"trial": 0, "score": -4.5}, "perplexity", history[:1])

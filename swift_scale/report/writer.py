@@ -85,6 +85,9 @@ def plot_search(history: list[dict], path: Path) -> None:
     scores = [r["score"] for r in history if r["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(trials, scores, s=12, label="trial score (val)")
+    stopped = [(r["trial"], r["score"]) for r in history if r["status"] == "stopped"]
+    if stopped:  # early-stopped trials: their score after the rung epoch they reached
+        ax.scatter(*zip(*stopped), s=12, marker="x", color="tab:gray", label="stopped early (score at its rung)")
     if scores:
         ax.plot(trials, np.maximum.accumulate(scores), color="tab:green", label="best so far")
     else:
@@ -140,15 +143,19 @@ def write_report(run_dir: str | Path) -> Path:
         "",
         "| | uniform (baseline) | swift sampler |",
         "|---|---|---|",
-        f"| test accuracy | {pre['test']['accuracy']:.4f} | {fin['test']['accuracy']:.4f} |",
-        f"| val accuracy | {pre['val']['accuracy']:.4f} | {fin['val']['accuracy']:.4f} |",
+        f"| test accuracy, last epoch | {pre['test']['accuracy']:.4f} | {fin['test']['accuracy']:.4f} |",
+        f"| val accuracy, last epoch | {pre['val']['accuracy']:.4f} | {fin['val']['accuracy']:.4f} |",
+        *([f"| test accuracy, best-val checkpoint (epoch {pre['best']['epoch']} / {fin['best']['epoch']}) | "
+           f"{pre['best']['test']['accuracy']:.4f} | {fin['best']['test']['accuracy']:.4f} |"]
+          if "best" in pre and "best" in fin else []),
         *([f"| test perplexity | {pre['test']['perplexity']:.2f} | {fin['test']['perplexity']:.2f} |",
            f"| val perplexity | {pre['val']['perplexity']:.2f} | {fin['val']['perplexity']:.2f} |"]
           if "perplexity" in pre["test"] else []),
         "",
         f"- dataset: `{summary.get('dataset', '?')}`, model `{summary.get('model', '?')}`, "
         f"noise rate {summary.get('noise_rate', 0)}",
-        f"- search: {len(history)} trials, best val score {max((r['score'] for r in history if r['score'] is not None), default=float('nan')):.4f}"
+        f"- search: {len(history)} trials ({sum(r['status'] == 'stopped' for r in history)} stopped early), best "
+        f"full-length val score {max((r['score'] for r in history if r['status'] == 'ok'), default=float('nan')):.4f}"
         f" (uniform: {history[0]['score'] if history else float('nan')})",
         f"- sampler: {sampler.describe()}",
         f"- share of training examples with probability < 0.1 × uniform: {float(np.mean(p < 0.1)):.3f}",
