@@ -26,6 +26,8 @@ def stored_features(cfg: Config) -> tuple[str, ...]:
 
 def check_sampler_features(cfg: Config) -> None:
     known = stored_features(cfg)
+    if cfg.data.online:  # θ0 scores every candidate as it is read: only its own features exist then
+        known = (LMTask if cfg.data.task == "lm" else ClassificationTask).feature_names
     for name in sampler_features(cfg):
         if name not in known:
             raise ConfigError(f"sampler.features: {name!r} is not a feature of a {cfg.data.task} run; "

@@ -136,8 +136,10 @@ class FeaturesConfig:
 
 @dataclass
 class SamplerConfig:
-    features: list[str] = field(default_factory=lambda: ["loss", "renormed_entropy"])
-    """The two features aggregated by the sampler."""
+    features: list[str] = field(default_factory=lambda: ["dyn_loss", "renormed_entropy"])
+    """The two features aggregated by the sampler: any two of the store's (θ0's ``loss``, ``renormed_entropy``,
+    ``grad_proxy``; the training dynamics ``dyn_loss``, ``aum``, ``wrong_frac``). The default's ``dyn_loss``
+    becomes ``loss`` with ``features.dynamics=false``; language models default to (``loss``, ``rarity``)."""
     transform: str = "cgf"
     """``cgf`` (gradient-mass CDF, the paper's smoothing) or ``cdf`` (identity, ablation)."""
     segments: int = 4

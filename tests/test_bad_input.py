@@ -340,7 +340,7 @@ def _foreign_sampler(c) -> Path:
     import json
 
     d = json.loads((c.finished / "sampler.json").read_text())
-    d["features"] = ["loss", "nosuch"]
+    d["features"] = [d["features"][0], "nosuch"]
     d["quantiles"]["nosuch"] = d["quantiles"]["renormed_entropy"]
     path = c.tmp / "foreign.json"
     path.write_text(json.dumps(d))

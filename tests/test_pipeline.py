@@ -35,12 +35,13 @@ def test_search_starts_with_uniform_then_the_step_samplers(finished, digits_shar
     np.testing.assert_array_equal(hist[0]["params"], uniform_theta(4))
     store = _pipe(digits_shards, out, "search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3").features()
     cols = {n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}
-    quantiles = {n: store.quantiles(n) for n in ("loss", "renormed_entropy")}
+    names = ["dyn_loss", "renormed_entropy"]  # the default sampler features
+    quantiles = {n: store.quantiles(n) for n in names}
     for h, q in zip(hist[1:3], (0.2, 0.4)):
-        sampler = SwiftSampler.from_theta(h["params"], ["loss", "renormed_entropy"], quantiles, "cgf").fit(cols)
-        probs = sampler.probs(cols) * len(cols["loss"])
-        top = cols["loss"] > np.quantile(cols["loss"], 1 - q)
-        assert probs[top].mean() < 0.1 < probs[~top].mean()  # the top q of θ0's loss is (almost) never drawn
+        sampler = SwiftSampler.from_theta(h["params"], names, quantiles, "cgf").fit(cols)
+        probs = sampler.probs(cols) * len(cols["dyn_loss"])
+        top = cols["dyn_loss"] > np.quantile(cols["dyn_loss"], 1 - q)
+        assert probs[top].mean() < 0.1 < probs[~top].mean()  # the top q of the mean training loss: (almost) never drawn
 
 
 def test_every_training_keeps_its_best_val_checkpoint_and_the_summary_reports_both(finished):

@@ -62,7 +62,7 @@ def plot_heatmap(sampler: SwiftSampler, feats: dict, flipped: np.ndarray | None,
 
 
 def plot_prob_vs_loss(sampler: SwiftSampler, feats: dict, flipped, path: Path) -> None:
-    """Sampling probability against loss percentile (paper Fig 2b)."""
+    """Sampling probability against the percentile of the sampler's first feature (paper Fig 2b)."""
     plt = _plt()
     name = sampler.feature_names[0]
     pct = sampler.percentiles(feats)[name]
@@ -73,7 +73,7 @@ def plot_prob_vs_loss(sampler: SwiftSampler, feats: dict, flipped, path: Path) -
     if flipped is not None and len(flipped):
         ax.scatter(pct[flipped], p[flipped], s=3, alpha=0.4, color="tab:red", label="flipped labels")
     ax.axhline(1.0, color="gray", lw=0.8, ls="--", label="uniform")
-    ax.set(xlabel=f"{name} percentile", ylabel="probability × N", title="learned sampler vs loss")
+    ax.set(xlabel=f"{name} percentile", ylabel="probability × N", title=f"learned sampler vs {name}")
     ax.legend(loc="best", fontsize=8)
     _save(fig, path)
 

@@ -72,7 +72,9 @@ class ClassificationTask:
 
     name = "classification"
     feature_names = CLASSIFICATION_FEATURES
-    default_sampler_features: tuple[str, ...] = ("loss", "renormed_entropy")
+    # dyn_loss (the mean training loss over pretraining, recorded as batches go by) finds flipped labels more
+    # reliably than θ0's loss, which depends on the epoch θ0 comes from (docs/design.md §6)
+    default_sampler_features: tuple[str, ...] = ("dyn_loss", "renormed_entropy")
     metric = "accuracy"
     higher_is_better = True
 
@@ -152,8 +154,13 @@ def task_for(kind: str, rarity: np.ndarray | None = None) -> Task:
 
 
 def sampler_features(cfg) -> list[str]:
-    """``sampler.features``; the classification default pair becomes the LM default pair for LM runs."""
+    """``sampler.features``; the classification default pair becomes the LM default pair for LM runs, and θ0's
+    ``loss`` stands in for ``dyn_loss`` where there are no training dynamics: ``features.dynamics=false``, or
+    ``data.online`` (θ0 scores each candidate as it is read)."""
     names = list(cfg.sampler.features)
-    if cfg.data.task == "lm" and tuple(names) == ClassificationTask.default_sampler_features:
-        return list(LMTask.default_sampler_features)
+    if tuple(names) == ClassificationTask.default_sampler_features:
+        if cfg.data.task == "lm":
+            return list(LMTask.default_sampler_features)
+        if not cfg.features.dynamics or cfg.data.online:
+            return ["loss" if n == "dyn_loss" else n for n in names]
     return names
