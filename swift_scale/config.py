@@ -84,11 +84,22 @@ class DataConfig:
     """LM: vocabulary of the BPE trained when ``tokenizer`` is empty."""
     noise_mode: str = "replace"
     """LM noise: a ``noise_rate`` fraction of training sequences gets every token ``replace``d by a random token,
-    or its tokens ``shuffle``d; the corrupted ids are saved in ``noise.json``."""
+    or its tokens ``shuffle``d, or becomes a ``duplicate`` of one of a few other sequences (each copied about
+    ``dup_repeats`` times: the near-duplicate boilerplate of real corpora); the noisy ids are in ``noise.json``."""
+    noise_unit: str = "sequence"
+    """LM noise: choose single ``sequence``s, or whole ``document``s (every sequence starting in a chosen document;
+    documents are blank-line-separated blocks of a text file, or rows of an HF text column); with documents
+    summary.json also reports the sampler's noise detection per document."""
+    dup_repeats: int = 50
+    """LM ``noise_mode=duplicate``: about how many copies each duplicated source sequence gets."""
+    tokenizer_sample_mb: int = 64
+    """LM streaming without ``tokenizer``: the BPE is trained on the first this many MB of the training text."""
     mode: str = "indexed"
     """``indexed``: decode the training split into memory and draw epochs ∝ p. ``streaming``: read the training
     shards every pass (for data that does not fit in memory) and keep 1/``oversample`` of the candidates ∝ p,
-    decided from the global id before decoding; val/test are still held in memory."""
+    decided from the global id before decoding; val/test are still held in memory. Language models stream token
+    shards, or text files / ``hf:BUILDER:FILES`` text tokenized once into a cache beside the run
+    (``runs/<name>.tokens``)."""
     oversample: float = 2.0
     """Streaming mode: candidates per kept sample (2 = take 2B, keep B); a sampled run makes
     ``epochs × oversample`` passes so its optimizer steps match the uniform run's."""
@@ -259,12 +270,14 @@ class Config:
              f"must be skip or fail, got {self.data.on_error!r}")
         need(self.data.task in ("classification", "lm"), "data.task",
              f"must be classification or lm, got {self.data.task!r}")
-        need(self.data.task == "classification" or self.data.mode == "indexed", "data.mode",
-             "data.task=lm runs in indexed mode (packed sequences in memory)")
         need(self.data.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.data.seq_len}")
         need(self.data.vocab_size >= 260, "data.vocab_size", "must be >= 260 (256 bytes + merges)")
-        need(self.data.noise_mode in ("replace", "shuffle"), "data.noise_mode",
-             f"must be replace or shuffle, got {self.data.noise_mode!r}")
+        need(self.data.noise_mode in ("replace", "shuffle", "duplicate"), "data.noise_mode",
+             f"must be replace, shuffle or duplicate, got {self.data.noise_mode!r}")
+        need(self.data.noise_unit in ("sequence", "document"), "data.noise_unit",
+             f"must be sequence or document, got {self.data.noise_unit!r}")
+        need(self.data.dup_repeats >= 1, "data.dup_repeats", f"must be >= 1, got {self.data.dup_repeats}")
+        need(self.data.tokenizer_sample_mb >= 1, "data.tokenizer_sample_mb", "must be >= 1")
         need(self.data.mode in ("indexed", "streaming"), "data.mode",
              f"must be indexed or streaming, got {self.data.mode!r}")
         need(self.data.mode == "indexed" or not self.data.train.startswith("hf:")

@@ -212,7 +212,7 @@ class Pipeline:
         facts = RunFacts(self.task.name, self.task.metric, len(self.data.train), self.acc.num_processes,
                          str(self.acc.device), str(self.acc.mixed_precision), self.data.num_errors,
                          self.folder.seconds, noisy, sampler.probs(self.train_features()) if len(noisy) else None,
-                         sampler.info.get("trial"), self.task.score((use or final)["val"]))
+                         sampler.info.get("trial"), self.task.score((use or final)["val"]), self.data.doc_of)
         summary = build_summary(self.cfg, facts, self.folder.read_json("pretrain/metrics.json"), final,
                                 read_jsonl(self.dir / "search" / "history.jsonl"))
         if self.acc.is_main_process:

@@ -219,59 +219,186 @@ def _streaming(cfg: Config, index, loaded: dict[str, LoadedSplit]) -> Data:
 
 # -- text ---------------------------------------------------------------------------------------------------
 def _load_text(cfg: Config, acc, run_dir: Path) -> Data:
-    """Text → tokenizer (trained on the training split unless given) → packed sequences; noise by id."""
-    from swift_scale.data.text import (
-        corrupt_sequences,
-        encode,
-        is_token_shards,
-        load_token_shards,
-        load_tokenizer,
-        pack,
-        read_text,
-        unigram_rarity,
-    )
+    """Text → tokenizer (given, or trained on the training split) → packed sequences; noise by sequence or
+    document id. Streaming mode reads the training sequences from token shards every pass (text is tokenized
+    once into a shard cache beside the run, see :mod:`swift_scale.data.tokens`); val and test stay in memory."""
+    from swift_scale.data.text import is_token_shards, load_tokenizer, unigram_rarity
+    from swift_scale.data.tokens import SequenceNoise
 
     d = cfg.data
     refs = {s: getattr(d, s) for s in SPLITS}
+    stream = d.mode == "streaming"
     shards = {s: is_token_shards(r) for s, r in refs.items()}
     if any(shards.values()) and not d.tokenizer:
         raise ConfigError("data.tokenizer: token shards need the tokenizer directory that wrote them")
-    texts = {s: read_text(r, text_key=d.text_key, field=f"data.{s}") for s, r in refs.items() if not shards[s]}
+    in_memory = [s for s in SPLITS if not (stream and s == "train")]
+    text_src = None if shards["train"] or not stream else _text_sources(refs["train"], d.text_key)
     tok_dir = run_dir / "tokenizer"
     trained = None
     if d.tokenizer or (tok_dir / "tokenizer.json").exists():
         tok = load_tokenizer(d.tokenizer or tok_dir)
     else:  # trained on the main process and sent to the others: saved with the run folder's other records
-        tok = trained = shared_tokenizer(acc, texts["train"], d.vocab_size)
+        sample = _text_sample(text_src[0], text_src[1], d.tokenizer_sample_mb << 20) if text_src else None
+        tok = trained = shared_tokenizer(acc, sample if sample is not None else _read_split(cfg, "train"),
+                                         d.vocab_size)
     vocab = len(tok)
-    index, seqs = {}, {}
-    for s, r in refs.items():
-        if shards[s]:  # large corpora: tokenized once into shards; the real shard table gives the ids
-            index[s] = build_shard_table(expand_shards(r, allow_pipe=d.allow_pipe, field=f"data.{s}"), acc)
-            seqs[s] = load_token_shards(index[s], d.seq_len, field=f"data.{s}")
-        else:
-            seqs[s] = pack(encode(tok, texts[s]), d.seq_len)
-            index[s] = hf_index(f"text:{s}", len(seqs[s]), 1024)
-        if len(seqs[s]) == 0:
-            raise DataError(f"data.{s}: fewer than data.seq_len={d.seq_len} tokens; give more text")
-        if seqs[s].max() >= vocab:
-            raise DataError(f"data.{s}: token id {seqs[s].max()} >= the tokenizer's {vocab}; wrong data.tokenizer")
-    noisy, corrupted = corrupt_sequences(seqs["train"], d.noise_rate, vocab, d.noise_seed or cfg.seed, d.noise_mode)
+    index: dict[str, ShardIndex] = {}
+    seqs, doc_of = {}, None
+    for s in in_memory:
+        index[s], seqs[s], docs = _packed(cfg, acc, s, tok, shards[s])
+        if s == "train":
+            doc_of = docs
+    if stream:
+        train, index["train"], doc_of, unigram = _text_stream(cfg, acc, run_dir, tok, text_src)
+        rarity = (-np.log((unigram + 1.0) / (unigram + 1.0).sum())).astype(np.float32)
+        n = index["train"].total
+    else:
+        rarity, n = unigram_rarity(seqs["train"], vocab), len(seqs["train"])
+    if d.noise_rate > 0 and d.noise_unit == "document" and doc_of is None:
+        raise ConfigError("data.noise_unit: document noise needs documents, and these token shards carry none "
+                          "(give text, or shards from the cache); use data.noise_unit=sequence")
+    noise = SequenceNoise.make(n, d.noise_rate, vocab, d.noise_seed or cfg.seed, d.noise_mode, d.noise_unit,
+                               doc_of, d.dup_repeats)
+    if stream:
+        train.seq_noise = noise.attach(train.tokens_of)
+    else:
+        noise.attach(lambda ids: {int(i): seqs["train"][i] for i in ids})
+        train = TokenSplit(torch.from_numpy(noise.apply_rows(seqs["train"], np.arange(n))))
     eos = tok.eos_token_id if tok.eos_token_id is not None else 0
-
-    def split(x: np.ndarray) -> TokenSplit:
-        return TokenSplit(torch.from_numpy(x))
-
-    data = Data(index, split(noisy), split(seqs["val"]), split(seqs["test"]), vocab, corrupted, 0, None,
-                eos_id=eos, rarity=unigram_rarity(seqs["train"], vocab))
+    data = Data(index, train, TokenSplit(torch.from_numpy(seqs["val"])), TokenSplit(torch.from_numpy(seqs["test"])),
+                vocab, noise.ids, 0, None, eos_id=eos, rarity=rarity, doc_of=doc_of)
     data.records["index.json"] = {s: i.to_dict() for s, i in index.items()}
     data.records["data_errors.json"] = {"count": 0, "errors": []}
     if d.noise_rate > 0:
-        data.records["noise.json"] = {"rate": d.noise_rate, "mode": d.noise_mode, "num_flipped": len(corrupted),
-                                      "flipped_ids": corrupted.tolist()}
+        data.records["noise.json"] = noise.record()
     if trained is not None:
         data.records["tokenizer"] = trained
     return data
+
+
+def _read_split(cfg: Config, split: str) -> str:
+    from swift_scale.data.text import read_text
+
+    return read_text(getattr(cfg.data, split), text_key=cfg.data.text_key, field=f"data.{split}")
+
+
+def _packed(cfg: Config, acc, split: str, tok, token_shards: bool):
+    """(shard table, sequences int64 [n, seq_len], the document of each sequence or None) of an in-memory split."""
+    from swift_scale.data.text import encode_documents, line_documents, load_token_shards
+    from swift_scale.data.tokens import pack_documents
+
+    d, ref = cfg.data, getattr(cfg.data, split)
+    docs = None
+    if token_shards:  # large corpora: tokenized once into shards; the real shard table gives the ids
+        index = build_shard_table(expand_shards(ref, allow_pipe=d.allow_pipe, field=f"data.{split}"), acc)
+        seqs = load_token_shards(index, d.seq_len, field=f"data.{split}")
+    else:
+        lines = _read_split(cfg, split).splitlines(keepends=True)
+        ids, token_doc = encode_documents(tok, lines, line_documents(lines))
+        seqs, docs, _ = pack_documents(ids, token_doc, d.seq_len, len(tok))
+        index = hf_index(f"text:{split}", len(seqs), 1024)
+    if len(seqs) == 0:
+        raise DataError(f"data.{split}: fewer than data.seq_len={d.seq_len} tokens; give more text")
+    if seqs.max() >= len(tok):
+        raise DataError(f"data.{split}: token id {seqs.max()} >= the tokenizer's {len(tok)}; wrong data.tokenizer")
+    return index, seqs, docs
+
+
+def _text_sources(ref: str, text_key: str):
+    """(source shard names, read_lines(i) → (lines, document of each line)) of a streamed text split: one shard
+    per text file (documents: blank-line blocks) or per file of an ``hf:BUILDER:FILES`` source (one row, one
+    document)."""
+    from swift_scale.data.text import line_documents, read_file_text, text_files
+    from swift_scale.data.tokens import hf_rows_as_lines
+
+    if is_hf(ref):
+        urls = hf_stream_files(ref)
+        ds = hf_stream_open(urls)
+        if text_key not in hf_stream_columns(ds):
+            raise DataError(f"data.train: no column {text_key!r} in {ref} (columns: {hf_stream_columns(ds)}); "
+                            "set data.text_key")
+
+        def read_hf(i: int):
+            from swift_scale.data.hf import hf_shard_rows
+
+            return hf_rows_as_lines([row[text_key] for row in hf_shard_rows(ds, i, [text_key], urls[i])])
+
+        return urls, read_hf
+    files = text_files(ref, "data.train")
+
+    def read_file(i: int):
+        lines = read_file_text(files[i]).splitlines(keepends=True)
+        return lines, line_documents(lines)
+
+    return files, read_file
+
+
+def _text_sample(sources: list[str], read_lines, limit: int) -> str:
+    """The first ``limit`` bytes of a streamed text split (whole lines, shards in order): what the tokenizer is
+    trained on when none is given."""
+    out, size = [], 0
+    for i in range(len(sources)):
+        for line in read_lines(i)[0]:
+            out.append(line)
+            size += len(line)
+            if size >= limit:
+                return "".join(out)
+    text = "".join(out)
+    if not text.strip():
+        raise DataError(f"data.train: {sources[0]} … holds no text")
+    return text
+
+
+def _text_stream(cfg: Config, acc, run_dir: Path, tok, text_src):
+    """(TokenStreamingSplit, its shard table, the document of each sequence or None, unigram counts int64
+    [vocab]) of the streamed training split."""
+    from swift_scale.data.stream import StreamOptions
+    from swift_scale.data.tokens import (
+        TokenStreamingSplit,
+        build_token_cache,
+        count_unigrams,
+        read_cache_meta,
+        token_shard_files,
+    )
+
+    d, vocab = cfg.data, len(tok)
+    opts = StreamOptions(image_key="tokens.npy", seed=cfg.seed, oversample=d.oversample,
+                         shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, on_error=d.on_error)
+    if text_src is None:  # pre-tokenized shards: read directly; their unigram counts in one parallel pass
+        index = build_shard_table(expand_shards(d.train, allow_pipe=d.allow_pipe, field="data.train"), acc)
+        train = TokenStreamingSplit(index, opts, d.seq_len, vocab)
+        mine = list(range(acc.process_index, len(index.urls), acc.num_processes))
+        counts = count_unigrams(train, vocab, mine)
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            counts = np.sum(gather_object([counts]), axis=0)
+        return train, index, None, counts
+    sources, read_lines = text_src
+    cache = cache_dir(run_dir)
+    try:
+        build_token_cache(sources, read_lines, tok, d.seq_len, cache, acc.process_index, acc.num_processes)
+        failed = None
+    except (DataError, OSError, UnicodeError) as e:  # every rank reaches the barrier, then every rank fails
+        failed = str(e)
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        failed = next((f for f in gather_object([failed]) if f), None)
+    if failed:
+        raise DataError(failed)
+    metas = [read_cache_meta(cache, i) for i in range(len(sources))]
+    index = ShardIndex(token_shard_files(cache, len(sources)), [m["sequences"] for m in metas])  # type: ignore[index]
+    if index.total == 0:
+        raise DataError(f"data.train: fewer than data.seq_len={d.seq_len} tokens in every shard; give more text")
+    doc_of = np.concatenate([np.load(cache / f"train-{i:06d}.docs.npy") for i in range(len(sources))])
+    counts = np.sum([np.asarray(m["unigram"], np.int64) for m in metas], axis=0)  # type: ignore[index]
+    return TokenStreamingSplit(index, opts, d.seq_len, vocab), index, doc_of, counts
+
+
+def cache_dir(run_dir: Path) -> Path:
+    """Where a streamed text split's token shards are cached: beside the run folder (``runs/<name>.tokens``)."""
+    return run_dir.parent / f"{run_dir.name}.tokens"
 
 
 def shared_tokenizer(acc, text: str, vocab_size: int):

@@ -107,9 +107,11 @@ def tar_members(path: str):
         while True:
             f.seek(pos)
             h = f.read(512)
-            if len(h) < 512 or h == _EMPTY_BLOCK:  # end-of-archive (or a tar cut at a member boundary)
+            if len(h) < 512 or h == _EMPTY_BLOCK:  # end-of-archive: a zero block
                 if 0 < len(h) < 512:
                     raise corrupt(f"partial header at byte {pos}")
+                if not h and pos > 0:  # members but no end-of-archive block: cut at a member boundary
+                    raise corrupt(f"no end-of-archive block after byte {pos}")
                 return
             try:
                 size = int(h[124:136].strip(b"\0 ") or b"0", 8)

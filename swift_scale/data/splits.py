@@ -135,6 +135,7 @@ class Data:
         records: what the run folder should record about the data (relative path → a JSON-able object, or an
             object with ``save_pretrained`` such as a trained tokenizer); published by the pipeline once the
             folder is created, so a failed load leaves no folder behind.
+        doc_of: LM: the document of each training sequence (int64 [N]); None where unknown.
     """
 
     index: dict[str, ShardIndex]
@@ -148,6 +149,7 @@ class Data:
     eos_id: int | None = None
     rarity: np.ndarray | None = None
     records: dict[str, Any] = field(default_factory=dict)
+    doc_of: np.ndarray | None = None
 
     def exclude(self, bad: list[dict]) -> None:
         """Never sample the training rows of ``bad`` (entries with an ``id``), and count them."""

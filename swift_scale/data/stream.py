@@ -275,6 +275,11 @@ class StreamingSplit:
         labels = torch.tensor([label for _, (_, label) in out], dtype=torch.int64)
         return images, labels, gids
 
+    def empty_batch(self):
+        """A batch whose every sample was skipped as undecodable: still one (zero-weight) step for DDP."""
+        return torch.zeros((0, self.opts.in_chans, 1, 1), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), \
+            torch.zeros(0, dtype=torch.int64)
+
     def feature_batches(self, shard, offset=0, count=0, batch_size=512):
         """Every sample of one shard in stored order, decoded: (images uint8, labels, global ids) batches with
         every id of the shard (bad samples filled in, see :meth:`collate`)."""
@@ -408,10 +413,4 @@ class _RankPass(torch.utils.data.IterableDataset):
         raw = shuffled(kept_raw(self.split, self.plan, first, last), self.split.opts.shuffle_buffer, rng)
         for batch in batches_after(raw, self.per_rank, done):
             out = self.split.collate(batch)
-            yield out if out is not None else _empty(self.split)
-
-
-def _empty(split: StreamingSplit):
-    """A batch whose every sample was skipped as undecodable: still one (zero-weight) step for DDP."""
-    return torch.zeros((0, split.opts.in_chans, 1, 1), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), \
-        torch.zeros(0, dtype=torch.int64)
+            yield out if out is not None else self.split.empty_batch()

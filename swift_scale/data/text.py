@@ -23,8 +23,9 @@ from swift_scale.data.hf import is_hf, open_hf
 from swift_scale.data.shards import DataError, raw_samples
 from swift_scale.rng import stream_id, uniform01
 
-__all__ = ["is_token_shards", "load_token_shards", "read_text", "train_tokenizer", "save_tokenizer", "tokenizer_json",
-           "tokenizer_from_json", "load_tokenizer", "pack", "corrupt_sequences", "unigram_rarity"]
+__all__ = ["is_token_shards", "load_token_shards", "read_text", "text_files", "read_file_text", "train_tokenizer",
+           "save_tokenizer", "tokenizer_json", "tokenizer_from_json", "load_tokenizer", "encode", "encode_lines",
+           "line_documents", "encode_documents", "pack", "corrupt_sequences", "unigram_rarity"]
 
 
 def is_token_shards(ref: str) -> bool:
@@ -59,6 +60,23 @@ def load_token_shards(index, seq_len: int, field: str = "data") -> np.ndarray:
     return np.stack(rows)
 
 
+def text_files(ref: str, field: str = "data") -> list[str]:
+    """The text files a path, glob or brace pattern names, in order; DataError when one does not exist."""
+    from webdataset.shardlists import expand_urls
+
+    paths: list[str] = []
+    for pattern in expand_urls(ref):
+        found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        paths += [p for p in found if os.path.isfile(p)]
+        if not found or not all(os.path.isfile(p) for p in found):
+            raise DataError(f"{field}: {pattern} does not exist; give text files (a path, glob or brace pattern)")
+    return paths
+
+
+def read_file_text(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8", errors="replace")
+
+
 def read_text(ref: str, *, text_key: str = "text", field: str = "data") -> str:
     """All text of one split (files or an HF text column); DataError naming ``field`` if there is none."""
     if is_hf(ref):
@@ -68,15 +86,7 @@ def read_text(ref: str, *, text_key: str = "text", field: str = "data") -> str:
                             "set data.text_key")
         text = "\n".join(t for t in ds[text_key] if t)
     else:
-        from webdataset.shardlists import expand_urls
-
-        paths: list[str] = []
-        for pattern in expand_urls(ref):
-            found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-            paths += [p for p in found if os.path.isfile(p)]
-            if not found or not all(os.path.isfile(p) for p in found):
-                raise DataError(f"{field}: {pattern} does not exist; give text files (a path, glob or brace pattern)")
-        text = "\n".join(Path(p).read_text(encoding="utf-8", errors="replace") for p in paths)
+        text = "\n".join(read_file_text(p) for p in text_files(ref, field))
     if not text.strip():
         raise DataError(f"{field}: {ref} holds no text")
     return text
@@ -140,11 +150,33 @@ def load_tokenizer(path: str | os.PathLike):
 
 def encode(tokenizer, text: str) -> np.ndarray:
     """Token ids of ``text`` (int32), encoded in line batches so large corpora stay fast."""
-    lines = text.splitlines(keepends=True)
+    out = encode_lines(tokenizer, text.splitlines(keepends=True))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
+
+def encode_lines(tokenizer, lines: list[str]) -> list[np.ndarray]:
+    """Token ids (int32) of each line, encoded in batches of 4096 lines."""
     out = []
     for i in range(0, len(lines), 4096):
         out += [np.asarray(ids, dtype=np.int32) for ids in tokenizer(lines[i:i + 4096])["input_ids"]]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+    return out
+
+
+def line_documents(lines: list[str]) -> np.ndarray:
+    """The document of each line (int64 [len(lines)]): documents are blocks separated by blank lines (as
+    tools/prepare_text_corpus.py writes them); a blank line belongs to the document before it."""
+    blank = np.array([not ln.strip() for ln in lines], dtype=bool)
+    starts = ~blank & np.concatenate([[True], blank[:-1]]) if len(lines) else blank
+    return np.maximum(np.cumsum(starts) - 1, 0).astype(np.int64)
+
+
+def encode_documents(tokenizer, lines: list[str], line_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids int32 [n], the document of each token int64 [n]) of ``lines`` — the same ids as
+    :func:`encode` of the joined lines."""
+    per_line = encode_lines(tokenizer, lines)
+    if not per_line:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return np.concatenate(per_line), np.repeat(line_doc, [len(x) for x in per_line])
 
 
 def pack(ids: np.ndarray, seq_len: int) -> np.ndarray:

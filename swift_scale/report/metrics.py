@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["noise_auroc", "auroc"]
+__all__ = ["noise_auroc", "noise_auroc_by_group", "auroc"]
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -29,3 +29,13 @@ def noise_auroc(probs: np.ndarray, flipped_ids: np.ndarray) -> float:
     noisy = np.zeros(len(probs), dtype=bool)
     noisy[np.asarray(flipped_ids, dtype=np.int64)] = True
     return auroc(-np.asarray(probs), noisy)
+
+
+def noise_auroc_by_group(probs: np.ndarray, flipped_ids: np.ndarray, groups: np.ndarray) -> float:
+    """:func:`noise_auroc` per group (e.g. the documents of an LM corpus): a group's probability is the mean
+    over its examples, and a group is noisy when its examples are (any flipped example marks it)."""
+    _, inv = np.unique(np.asarray(groups), return_inverse=True)
+    sizes = np.bincount(inv)
+    mean_p = np.bincount(inv, weights=np.asarray(probs, dtype=np.float64)) / sizes
+    noisy_groups = np.unique(inv[np.asarray(flipped_ids, dtype=np.int64)])
+    return noise_auroc(mean_p, noisy_groups)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from swift_scale.config import Config
-from swift_scale.report.metrics import noise_auroc
+from swift_scale.report.metrics import noise_auroc, noise_auroc_by_group
 
 __all__ = ["RunFacts", "build_summary"]
 
@@ -33,6 +33,7 @@ class RunFacts:
     probs: np.ndarray | None = None  # the learned sampler's probabilities over the training set
     chosen_trial: int | None = None  # the trial whose sampler was kept (search.select)
     final_val_score: float | None = None  # the search's score (task.score) of the final model on val
+    doc_of: np.ndarray | None = None  # LM: the document of each training sequence
 
 
 def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, history: list[dict]) -> dict:
@@ -76,6 +77,9 @@ def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, his
     }
     if facts.noisy_ids is not None and len(facts.noisy_ids) and facts.probs is not None:
         summary["noise_detection_auroc"] = noise_auroc(facts.probs, facts.noisy_ids)
+        if cfg.data.task == "lm" and cfg.data.noise_unit == "document" and facts.doc_of is not None:
+            summary["noise_detection_auroc_by_document"] = noise_auroc_by_group(facts.probs, facts.noisy_ids,
+                                                                                facts.doc_of)
     return summary
 
 

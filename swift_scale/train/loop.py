@@ -9,6 +9,7 @@ state, and a checkpoint is the accelerate state plus a small :class:`ResumePoint
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -89,7 +90,13 @@ class Checkpoints:
 
     def save(self, accelerator: Accelerator, point: ResumePoint) -> None:
         tmp, final = self.root / "accelerate.tmp", self.root / "accelerate"
-        accelerator.save_state(str(tmp))
+        # tied weights (GPT-2's lm_head) make safetensors log "Removed shared tensor" at every save: expected
+        quiet = logging.getLogger("accelerate.utils.other")
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            accelerator.save_state(str(tmp))
+        finally:
+            quiet.level = level
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             old = self.root / "accelerate.old"

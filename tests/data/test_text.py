@@ -89,7 +89,7 @@ def test_tiny_gpt_runs_every_phase(tmp_path):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["data.mode=streaming", "data.on_error=fail"], "data.mode"),
+    (["data.noise_mode=scramble"], "data.noise_mode"),
     (["data.train=/nonexistent/corpus.txt"], "data.train"),
     (["data.seq_len=100000"], "data.train"),
     (["model.name=bert"], "model.name"),

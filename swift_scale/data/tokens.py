@@ -1,0 +1,360 @@
+"""Language-model data at scale: token shards streamed like images, text tokenized once into a shard cache, and
+noise by sequence or by document.
+
+- :class:`TokenStreamingSplit` is a :class:`~swift_scale.data.stream.StreamingSplit` whose samples are packed
+  token sequences (``tokens.npy``, written by :func:`~swift_scale.data.writers.write_token_shards` or by the
+  cache below): the same kept sets, rank ranges, worker blocks, resume and bad-sample policy as images; a
+  sequence's global id is its shard's offset + its position in the shard.
+- :func:`build_token_cache` tokenizes every text shard (a text file, or one file of an HF dataset with a text
+  column) *once* into a token shard of the same ordinal — documents are packed back to back into ``seq_len``
+  sequences, each remembering the document its first token came from — with the shard's unigram counts beside
+  it. Shards are split over ranks (ordinal mod world size) and written atomically, so a killed index pass redoes
+  only the unfinished ones.
+- :class:`SequenceNoise` corrupts (``replace`` / ``shuffle``) or duplicates a fraction of the training
+  sequences, chosen by sequence or by document from (seed, id) alone, one sequence at a time: the same noise in
+  memory and streaming.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swift_scale.data.decode import BadSample, DataError
+from swift_scale.data.shards import ShardIndex
+from swift_scale.data.stream import StreamingSplit, StreamOptions
+from swift_scale.rng import stream_id, uniform01
+
+__all__ = ["SequenceNoise", "TokenStreamingSplit", "build_token_cache", "read_cache_meta", "hf_rows_as_lines",
+           "pack_documents", "decode_tokens", "count_unigrams", "token_shard_files", "CACHE_VERSION"]
+
+CACHE_VERSION = 1
+_PICK = stream_id("text-noise-pick")
+_PICK_DOC = stream_id("text-noise-pick-doc")
+_TOKEN = stream_id("text-noise-token")
+
+
+# -- noise --------------------------------------------------------------------------------------------------
+@dataclass
+class SequenceNoise:
+    """Which training sequences are noise and what each becomes, decided from (seed, id) alone.
+
+    ``replace``: every token of a chosen sequence is replaced by a random token; ``shuffle``: its tokens are
+    permuted; ``duplicate``: it becomes a copy of one of a few *source* sequences (``sources``: id → tokens),
+    each repeated about ``repeats`` times (the near-duplicate boilerplate of real corpora). ``unit=document``
+    chooses whole documents (every sequence that starts in a chosen document) instead of single sequences.
+
+    Attributes:
+        ids: the noisy sequence ids, sorted (int64).
+        docs: the chosen document ids, sorted (``unit=document``), else empty.
+    """
+
+    ids: np.ndarray
+    mode: str = "replace"
+    vocab_size: int = 0
+    seed: int = 0
+    rate: float = 0.0
+    unit: str = "sequence"
+    docs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    source_of: dict[int, int] = field(default_factory=dict)  # duplicate id → its source id
+    sources: dict[int, np.ndarray] = field(default_factory=dict)  # source id → its clean tokens
+
+    @classmethod
+    def make(cls, num_sequences: int, rate: float, vocab_size: int, seed: int, mode: str = "replace",
+             unit: str = "sequence", doc_of: np.ndarray | None = None, repeats: int = 50) -> SequenceNoise:
+        """Choose round(rate·N) sequences (``unit=sequence``) or round(rate·D) of the D documents
+        (``unit=document``, ``doc_of``: the document of each sequence). For ``duplicate``, the sources are the
+        next ⌈k / repeats⌉ sequences of the same random order; their tokens are filled in by :meth:`attach`."""
+        if mode not in ("replace", "shuffle", "duplicate"):
+            raise ValueError(f"data.noise_mode must be replace, shuffle or duplicate, got {mode!r}")
+        if unit not in ("sequence", "document"):
+            raise ValueError(f"data.noise_unit must be sequence or document, got {unit!r}")
+        empty = np.zeros(0, np.int64)
+        if rate <= 0 or num_sequences == 0:
+            return cls(empty, mode, vocab_size, seed, rate, unit)
+        docs = empty
+        order = np.argsort(uniform01(seed, _PICK, 0, np.arange(num_sequences)), kind="stable")
+        if unit == "document":
+            if doc_of is None:
+                raise ValueError("noise by document needs each sequence's document (doc_of)")
+            doc_ids = np.unique(doc_of)
+            doc_order = doc_ids[np.argsort(uniform01(seed, _PICK_DOC, 0, doc_ids), kind="stable")]
+            docs = np.sort(doc_order[:int(round(rate * len(doc_ids)))]).astype(np.int64)
+            ids = np.flatnonzero(np.isin(doc_of, docs)).astype(np.int64)
+        else:
+            ids = np.sort(order[:int(round(rate * num_sequences))]).astype(np.int64)
+        source_of: dict[int, int] = {}
+        if mode == "duplicate" and len(ids):
+            noisy = np.zeros(num_sequences, bool)
+            noisy[ids] = True
+            free = order[~noisy[order]]
+            m = max(1, -(-len(ids) // max(1, repeats)))
+            if len(free) < m:
+                raise ValueError(f"data.noise_rate={rate}: too few clean sequences left to copy")
+            source_of = {int(i): int(free[j % m]) for j, i in enumerate(ids)}
+        return cls(ids, mode, vocab_size, seed, rate, unit, docs, source_of)
+
+    @property
+    def source_ids(self) -> list[int]:
+        return sorted(set(self.source_of.values()))
+
+    def attach(self, tokens_of: Callable[[Sequence[int]], dict[int, np.ndarray]]) -> SequenceNoise:
+        """``duplicate``: read the sources' clean tokens (``tokens_of(ids) → {id: tokens}``) once."""
+        if self.source_of and not self.sources:
+            self.sources = {int(k): np.asarray(v, np.int64) for k, v in tokens_of(self.source_ids).items()}
+        return self
+
+    def apply_rows(self, tokens: np.ndarray, gids: np.ndarray) -> np.ndarray:
+        """The (noisy) tokens of the sequences ``gids`` (int64 [b, T] from clean [b, T])."""
+        out = np.array(tokens, dtype=np.int64, copy=True)
+        if len(self.ids) == 0:
+            return out
+        hit = np.flatnonzero(np.isin(gids, self.ids))
+        if len(hit) == 0:
+            return out
+        length = out.shape[1]
+        if self.mode == "duplicate":
+            for r in hit:
+                out[r] = self.sources[self.source_of[int(gids[r])]]
+            return out
+        cells = (np.asarray(gids)[hit, None].astype(np.int64) * length + np.arange(length)[None, :]).ravel()
+        u = uniform01(self.seed, _TOKEN, 0, cells).reshape(len(hit), length)
+        if self.mode == "replace":
+            out[hit] = np.minimum((u * self.vocab_size).astype(np.int64), self.vocab_size - 1)
+        else:
+            out[hit] = np.take_along_axis(out[hit], np.argsort(u, axis=1), axis=1)
+        return out
+
+    def record(self) -> dict:
+        """``noise.json``: the rate, mode and unit, the noisy sequence ids (and documents, and duplicate sources)."""
+        rec = {"rate": self.rate, "mode": self.mode, "unit": self.unit, "num_flipped": int(len(self.ids)),
+               "flipped_ids": self.ids.tolist()}
+        if self.unit == "document":
+            rec["flipped_documents"] = self.docs.tolist()
+        if self.source_of:
+            rec["sources"] = self.source_ids
+        return rec
+
+
+# -- documents and packing ----------------------------------------------------------------------------------
+def hf_rows_as_lines(rows: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
+    """The lines of text rows joined by newlines (as :func:`~swift_scale.data.text.read_text` joins them) and
+    the row (document) of each line; empty rows are left out."""
+    kept = [r for r in rows if r]
+    lines: list[str] = []
+    docs: list[int] = []
+    for i, row in enumerate(kept):
+        piece = (row + "\n" if i < len(kept) - 1 else row).splitlines(keepends=True)
+        lines += piece
+        docs += [i] * len(piece)
+    return lines, np.asarray(docs, dtype=np.int64)
+
+
+def pack_documents(ids: np.ndarray, token_doc: np.ndarray, seq_len: int,
+                   vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids → (sequences int64 [n, seq_len] as :func:`~swift_scale.data.text.pack` cuts them, the document
+    of each sequence's first token int64 [n], unigram counts of the packed tokens int64 [vocab])."""
+    n = len(ids) // seq_len
+    seqs = np.asarray(ids[:n * seq_len], dtype=np.int64).reshape(n, seq_len)
+    counts = np.bincount(seqs.ravel(), minlength=vocab_size).astype(np.int64)
+    return seqs, np.asarray(token_doc[:n * seq_len:seq_len], dtype=np.int64), counts
+
+
+# -- the cache ----------------------------------------------------------------------------------------------
+def _meta_path(out: Path, i: int) -> Path:
+    return out / f"train-{i:06d}.json"
+
+
+def read_cache_meta(out: Path, i: int) -> dict | None:
+    """The finished shard ``i``'s record (sequences, documents, unigram counts), or None when not written."""
+    path = _meta_path(out, i)
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("version") == CACHE_VERSION else None
+
+
+def _identity(source: str, seq_len: int, tokenizer) -> dict:
+    """What a cached shard was made from: the source file (path, size, mtime), seq_len and the tokenizer."""
+    import hashlib
+
+    from swift_scale.data.text import tokenizer_json
+
+    path = source.split(":", 2)[2] if source.startswith("hf:") else source
+    st = os.stat(path)
+    return {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "seq_len": seq_len,
+            "tokenizer": hashlib.sha256(tokenizer_json(tokenizer).encode()).hexdigest()[:16]}
+
+
+def _write_shard(out: Path, i: int, ident: dict, seqs: np.ndarray, owner: np.ndarray, counts: np.ndarray,
+                 num_docs: int) -> None:
+    import webdataset as wds
+
+    from swift_scale.io import atomic_write_json, fsync_dir
+
+    path = out / f"train-{i:06d}.tar"
+    tmp = path.with_name(f".{path.name}.tmp")
+    dtype = np.uint16 if len(counts) <= 1 << 16 else np.int32
+    with wds.TarWriter(str(tmp), mtime=0.0) as sink:  # a fixed mtime: the same shard bytes on every rebuild
+        for j, seq in enumerate(seqs):
+            sink.write({"__key__": f"{j:09d}", "tokens.npy": np.ascontiguousarray(seq, dtype=dtype)})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    docs = out / f"train-{i:06d}.docs.npy"
+    with open(docs.with_name(f".{docs.name}.tmp"), "wb") as f:
+        np.save(f, owner.astype(np.int64))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(docs.with_name(f".{docs.name}.tmp"), docs)
+    fsync_dir(out)
+    atomic_write_json(_meta_path(out, i), {"version": CACHE_VERSION, **ident, "sequences": len(seqs),
+                                           "documents": num_docs, "unigram": counts.tolist()})
+
+
+def build_token_cache(sources: Sequence[str], read_lines: Callable[[int], tuple[list[str], np.ndarray]], tokenizer,
+                      seq_len: int, out: Path, rank: int = 0, world: int = 1) -> None:
+    """Tokenize and pack source shard ``i`` (for i ≡ rank mod world) into ``out/train-{i:06d}.tar`` (with the
+    document of each sequence in ``.docs.npy`` and the counts in ``.json``) unless it is done already for the
+    same source file, ``seq_len`` and tokenizer. ``read_lines(i)`` gives the shard's lines (keepends) and the
+    document of each line; a document's global id is i·2^32 + its number in the shard, unique without counting
+    the other shards."""
+    from swift_scale.data.text import encode_documents
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(rank, len(sources), world):
+        ident = _identity(sources[i], seq_len, tokenizer)
+        meta = read_cache_meta(out, i)
+        if meta is not None and all(meta.get(k) == v for k, v in ident.items()) \
+                and (out / f"train-{i:06d}.tar").exists() and (out / f"train-{i:06d}.docs.npy").exists():
+            continue
+        lines, line_doc = read_lines(i)
+        ids, token_doc = encode_documents(tokenizer, lines, line_doc)
+        seqs, owner, counts = pack_documents(ids, token_doc + (i << 32), seq_len, len(tokenizer))
+        _write_shard(out, i, ident, seqs, owner, counts, int(line_doc.max(initial=-1)) + 1)
+
+
+# -- streaming ----------------------------------------------------------------------------------------------
+class TokenStreamingSplit(StreamingSplit):
+    """Packed token sequences read from their shards every pass (``data.task=lm`` with ``data.mode=streaming``).
+
+    Samples hold ``tokens.npy`` (an integer array of ``seq_len`` tokens, as
+    :func:`~swift_scale.data.writers.write_token_shards` writes them); a sequence of another length, a
+    non-integer dtype or a token outside the vocabulary is a bad sample (``data.on_error``). Input and target are
+    the same sequence (the LM task shifts it).
+
+    Args:
+        index: the shard table of the token shards.
+        options: reading settings (``image_key`` names the tokens field).
+        seq_len: tokens per sequence.
+        vocab_size: the tokenizer's vocabulary.
+        noise: the training noise by sequence id (None: clean).
+    """
+
+    def __init__(self, index: ShardIndex, options: StreamOptions, seq_len: int, vocab_size: int,
+                 noise: SequenceNoise | None = None):
+        super().__init__(index, options)
+        self.seq_len, self.vocab_size = seq_len, vocab_size
+        self.seq_noise = noise
+
+    def to_input(self, x: torch.Tensor, device) -> torch.Tensor:
+        return x.to(device, non_blocking=True)
+
+    def decode(self, gid: int, sample: dict):
+        """(clean tokens int64 [T], 0), or None for a bad sample with ``on_error=skip``."""
+        try:
+            tokens = decode_tokens(sample, self.opts.image_key, self.seq_len, self.vocab_size)
+        except BadSample as e:
+            self.bad(sample.get("__url__"), sample.get("__key__"), str(e), gid)
+            return None
+        return tokens, 0
+
+    def collate(self, raw, fill: bool = False):
+        """(tokens int64 [b, T], the same tokens as targets, global ids); noise applied by id; bad samples left
+        out (``fill``: replaced by zeros, as for images)."""
+        decoded = [(gid, self.decode(gid, s)) for gid, s in raw]
+        if fill:
+            decoded = [(g, d if d is not None else (np.zeros(self.seq_len, np.int64), 0)) for g, d in decoded]
+        out = [(gid, d[0]) for gid, d in decoded if d is not None]
+        if not out:
+            return None
+        gids = np.array([g for g, _ in out], dtype=np.int64)
+        tokens = np.stack([t for _, t in out])
+        if self.seq_noise is not None:
+            tokens = self.seq_noise.apply_rows(tokens, gids)
+        x = torch.from_numpy(tokens)
+        return x, x, torch.from_numpy(gids)
+
+    def empty_batch(self):
+        return torch.zeros((0, self.seq_len), dtype=torch.int64), torch.zeros((0, self.seq_len), dtype=torch.int64), \
+            torch.zeros(0, dtype=torch.int64)
+
+    def tokens_of(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The clean tokens of a few sequences by global id (reading only the shards that hold them)."""
+        want = set(int(i) for i in ids)
+        found: dict[int, np.ndarray] = {}
+        offsets = np.asarray(self.offsets)
+        for shard in sorted({int(np.searchsorted(offsets, i, side="right") - 1) for i in want}):
+            mask = np.zeros(len(self), bool)
+            mask[[i for i in want if self.offsets[shard] <= i < self.offsets[shard] + self.counts[shard]]] = True
+            for gid, sample in self.raw(shard, 0, int(mask.sum()), mask):
+                got = self.decode(gid, sample)
+                if got is None:
+                    raise DataError(f"{self.urls[shard]}: duplicate-noise source sequence {gid} is a bad sample")
+                found[gid] = got[0]
+        return found
+
+
+def decode_tokens(sample: dict, key: str, seq_len: int, vocab_size: int) -> np.ndarray:
+    """A sample's token sequence (int64 [seq_len]); BadSample naming what is wrong."""
+    if key not in sample:
+        have = sorted(k for k in sample if not str(k).startswith("__"))
+        raise BadSample(f"lacks field {key!r} (has {have}); write token shards with write_token_shards")
+    try:
+        arr = np.load(io.BytesIO(sample[key]), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable payload is a bad sample
+        raise BadSample(f"{key} cannot be read as .npy ({type(e).__name__})") from None
+    if arr.dtype.kind not in "iu":
+        raise BadSample(f"{key} has dtype {arr.dtype}, not integer token ids")
+    if arr.shape != (seq_len,):
+        raise BadSample(f"{key} has shape {arr.shape}, not ({seq_len},); set data.seq_len to the shards' length")
+    if len(arr) and (arr.min() < 0 or arr.max() >= vocab_size):
+        raise BadSample(f"{key} has token ids outside [0, {vocab_size}); wrong data.tokenizer")
+    return arr.astype(np.int64)
+
+
+def count_unigrams(split: StreamingSplit, vocab_size: int, shards: Sequence[int]) -> np.ndarray:
+    """Unigram counts (int64 [vocab]) of the given shards of a token stream (one read of each)."""
+    counts = np.zeros(vocab_size, np.int64)
+    for shard in shards:
+        for raw in _chunks(split.raw(shard, 0, int(split.counts[shard]), None), 1024):
+            batch = split.collate(raw)
+            if batch is not None:
+                counts += np.bincount(batch[0].numpy().ravel(), minlength=vocab_size)
+    return counts
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def token_shard_files(out: Path, n: int) -> list[str]:
+    """The cache's shard paths, in source order."""
+    return [str(out / f"train-{i:06d}.tar") for i in range(n)]
