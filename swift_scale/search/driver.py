@@ -61,8 +61,7 @@ def _propose(conn, settings: dict) -> None:  # the helper process's loop (module
         if msg is None:
             return
         engine.history, observed, pending, q = msg
-        conn.send([(t.index, t.theta, t.proposed_by) for t in engine.ask_batch(q, observed=observed,
-                                                                              pending=pending)])
+        conn.send(engine.ask_batch(q, observed=observed, pending=pending))
 
 
 class Proposer:
@@ -119,8 +118,7 @@ class Proposer:
             self.submit(start, q)
         if self._waiting == (start, q):
             self._waiting = None
-            now = time.time()
-            return [Trial(i, np.asarray(theta), how, now) for i, theta, how in self._conn.recv()]
+            return self._conn.recv()
         observed, pending = self._inputs(start, None)
         return self.engine.ask_batch(q, observed=observed, pending=pending)
 
