@@ -305,11 +305,11 @@ def _packed(cfg: Config, acc, split: str, tok, token_shards: bool):
 
 
 def _text_sources(ref: str, text_key: str):
-    """(source shard names, read_lines(i) → (lines, document of each line)) of a streamed text split: one shard
-    per text file (documents: blank-line blocks) or per file of an ``hf:BUILDER:FILES`` source (one row, one
-    document)."""
-    from swift_scale.data.text import line_documents, read_file_text, text_files
-    from swift_scale.data.tokens import hf_rows_as_lines
+    """(source shard names, read_chunks(i) → chunks of (lines, document of each line)) of a streamed text split:
+    one shard per text file (documents: blank-line blocks) or per file of an ``hf:BUILDER:FILES`` source (one
+    row, one document)."""
+    from swift_scale.data.text import text_files
+    from swift_scale.data.tokens import file_chunks, row_chunks
 
     if is_hf(ref):
         urls = hf_stream_files(ref)
@@ -321,28 +321,24 @@ def _text_sources(ref: str, text_key: str):
         def read_hf(i: int):
             from swift_scale.data.hf import hf_shard_rows
 
-            return hf_rows_as_lines([row[text_key] for row in hf_shard_rows(ds, i, [text_key], urls[i])])
+            return row_chunks(row[text_key] for row in hf_shard_rows(ds, i, [text_key], urls[i]))
 
         return urls, read_hf
     files = text_files(ref, "data.train")
-
-    def read_file(i: int):
-        lines = read_file_text(files[i]).splitlines(keepends=True)
-        return lines, line_documents(lines)
-
-    return files, read_file
+    return files, lambda i: file_chunks(files[i])
 
 
-def _text_sample(sources: list[str], read_lines, limit: int) -> str:
+def _text_sample(sources: list[str], read_chunks, limit: int) -> str:
     """The first ``limit`` bytes of a streamed text split (whole lines, shards in order): what the tokenizer is
     trained on when none is given."""
     out, size = [], 0
     for i in range(len(sources)):
-        for line in read_lines(i)[0]:
-            out.append(line)
-            size += len(line)
-            if size >= limit:
-                return "".join(out)
+        for lines, _ in read_chunks(i):
+            for line in lines:
+                out.append(line)
+                size += len(line)
+                if size >= limit:
+                    return "".join(out)
     text = "".join(out)
     if not text.strip():
         raise DataError(f"data.train: {sources[0]} … holds no text")
@@ -374,10 +370,10 @@ def _text_stream(cfg: Config, acc, run_dir: Path, tok, text_src):
 
             counts = np.sum(gather_object([counts]), axis=0)
         return train, index, None, counts
-    sources, read_lines = text_src
+    sources, read_chunks = text_src
     cache = cache_dir(run_dir)
     try:
-        build_token_cache(sources, read_lines, tok, d.seq_len, cache, acc.process_index, acc.num_processes)
+        build_token_cache(sources, read_chunks, tok, d.seq_len, cache, acc.process_index, acc.num_processes)
         failed = None
     except (DataError, OSError, UnicodeError) as e:  # every rank reaches the barrier, then every rank fails
         failed = str(e)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from swift_scale.data.shards import ShardIndex
 from swift_scale.data.stream import StreamingSplit, StreamOptions
 from swift_scale.rng import stream_id, uniform01
 
-__all__ = ["SequenceNoise", "TokenStreamingSplit", "build_token_cache", "read_cache_meta", "hf_rows_as_lines",
+__all__ = ["SequenceNoise", "TokenStreamingSplit", "build_token_cache", "read_cache_meta", "file_chunks", "row_chunks",
            "pack_documents", "decode_tokens", "count_unigrams", "token_shard_files", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
@@ -144,17 +144,53 @@ class SequenceNoise:
 
 
 # -- documents and packing ----------------------------------------------------------------------------------
-def hf_rows_as_lines(rows: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
-    """The lines of text rows joined by newlines (as :func:`~swift_scale.data.text.read_text` joins them) and
-    the row (document) of each line; empty rows are left out."""
-    kept = [r for r in rows if r]
+#: lines per chunk when a shard is tokenized: memory stays bounded whatever the shard's size
+CHUNK_LINES = 16384
+
+
+def file_chunks(path: str) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The lines (keepends, split as ``str.splitlines`` splits the whole text) of a text file, read line by line
+    in chunks of about :data:`CHUNK_LINES`, with the document of each line: documents are blocks separated by
+    blank lines (as tools/prepare_text_corpus.py writes them); a blank line belongs to the document before it."""
+    doc, prev_blank = -1, True
     lines: list[str] = []
     docs: list[int] = []
-    for i, row in enumerate(kept):
-        piece = (row + "\n" if i < len(kept) - 1 else row).splitlines(keepends=True)
-        lines += piece
-        docs += [i] * len(piece)
-    return lines, np.asarray(docs, dtype=np.int64)
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        for raw in f:
+            for line in raw.splitlines(keepends=True):
+                blank = not line.strip()
+                if not blank and prev_blank:
+                    doc += 1
+                prev_blank = blank
+                lines.append(line)
+                docs.append(max(doc, 0))
+            if len(lines) >= CHUNK_LINES:
+                yield lines, np.asarray(docs, np.int64)
+                lines, docs = [], []
+    if lines:
+        yield lines, np.asarray(docs, np.int64)
+
+
+def row_chunks(rows: Iterable[str | None]) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Text rows (documents) as lines joined by newlines (as :func:`~swift_scale.data.text.read_text` joins
+    them), in chunks of about :data:`CHUNK_LINES`, with the row of each line; empty rows are left out."""
+    lines: list[str] = []
+    docs: list[int] = []
+    doc = -1
+    for row in rows:
+        if not row:
+            continue
+        if doc >= 0:  # the newline joining the previous row to this one
+            lines[-1] += "\n"
+        doc += 1
+        for piece in row.splitlines(keepends=True):
+            lines.append(piece)
+            docs.append(doc)
+        if len(lines) >= CHUNK_LINES:  # keep the last line: the next row's joining newline goes there
+            yield lines[:-1], np.asarray(docs[:-1], np.int64)
+            lines, docs = lines[-1:], docs[-1:]
+    if lines:
+        yield lines, np.asarray(docs, np.int64)
 
 
 def pack_documents(ids: np.ndarray, token_doc: np.ndarray, seq_len: int,
@@ -196,41 +232,55 @@ def _identity(source: str, seq_len: int, tokenizer) -> dict:
             "tokenizer": hashlib.sha256(tokenizer_json(tokenizer).encode()).hexdigest()[:16]}
 
 
-def _write_shard(out: Path, i: int, ident: dict, seqs: np.ndarray, owner: np.ndarray, counts: np.ndarray,
-                 num_docs: int) -> None:
+def _write_shard(out: Path, i: int, ident: dict, chunks: Iterable[tuple[list[str], np.ndarray]], tokenizer,
+                 seq_len: int) -> None:
+    """Tokenize the chunks of shard ``i`` and write its sequences as they fill (a fixed tar mtime: the same bytes
+    on every rebuild), then the document of each sequence and the shard's record."""
     import webdataset as wds
 
+    from swift_scale.data.text import encode_documents
     from swift_scale.io import atomic_write_json, fsync_dir
 
+    vocab = len(tokenizer)
     path = out / f"train-{i:06d}.tar"
     tmp = path.with_name(f".{path.name}.tmp")
-    dtype = np.uint16 if len(counts) <= 1 << 16 else np.int32
-    with wds.TarWriter(str(tmp), mtime=0.0) as sink:  # a fixed mtime: the same shard bytes on every rebuild
-        for j, seq in enumerate(seqs):
-            sink.write({"__key__": f"{j:09d}", "tokens.npy": np.ascontiguousarray(seq, dtype=dtype)})
+    dtype = np.uint16 if vocab <= 1 << 16 else np.int32
+    carry_ids, carry_doc = np.zeros(0, np.int32), np.zeros(0, np.int64)
+    owners, counts, num_docs, n = [], np.zeros(vocab, np.int64), 0, 0
+    with wds.TarWriter(str(tmp), mtime=0.0) as sink:
+        for lines, line_doc in chunks:
+            ids, token_doc = encode_documents(tokenizer, lines, line_doc + (i << 32))
+            ids, token_doc = np.concatenate([carry_ids, ids]), np.concatenate([carry_doc, token_doc])
+            seqs, owner, c = pack_documents(ids, token_doc, seq_len, vocab)
+            for seq in seqs:
+                sink.write({"__key__": f"{n:09d}", "tokens.npy": np.ascontiguousarray(seq, dtype=dtype)})
+                n += 1
+            carry_ids, carry_doc = ids[len(seqs) * seq_len:], token_doc[len(seqs) * seq_len:]
+            owners.append(owner)
+            counts += c
+            num_docs = max(num_docs, int(line_doc.max(initial=-1)) + 1)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     docs = out / f"train-{i:06d}.docs.npy"
     with open(docs.with_name(f".{docs.name}.tmp"), "wb") as f:
-        np.save(f, owner.astype(np.int64))
+        np.save(f, np.concatenate(owners) if owners else np.zeros(0, np.int64))
         f.flush()
         os.fsync(f.fileno())
     os.replace(docs.with_name(f".{docs.name}.tmp"), docs)
     fsync_dir(out)
-    atomic_write_json(_meta_path(out, i), {"version": CACHE_VERSION, **ident, "sequences": len(seqs),
+    atomic_write_json(_meta_path(out, i), {"version": CACHE_VERSION, **ident, "sequences": n,
                                            "documents": num_docs, "unigram": counts.tolist()})
 
 
-def build_token_cache(sources: Sequence[str], read_lines: Callable[[int], tuple[list[str], np.ndarray]], tokenizer,
-                      seq_len: int, out: Path, rank: int = 0, world: int = 1) -> None:
+def build_token_cache(sources: Sequence[str], read_chunks: Callable[[int], Iterable[tuple[list[str], np.ndarray]]],
+                      tokenizer, seq_len: int, out: Path, rank: int = 0, world: int = 1) -> None:
     """Tokenize and pack source shard ``i`` (for i ≡ rank mod world) into ``out/train-{i:06d}.tar`` (with the
     document of each sequence in ``.docs.npy`` and the counts in ``.json``) unless it is done already for the
-    same source file, ``seq_len`` and tokenizer. ``read_lines(i)`` gives the shard's lines (keepends) and the
-    document of each line; a document's global id is i·2^32 + its number in the shard, unique without counting
-    the other shards."""
-    from swift_scale.data.text import encode_documents
-
+    same source file, ``seq_len`` and tokenizer. ``read_chunks(i)`` yields the shard's lines (keepends) chunk by
+    chunk with the document of each line (:func:`file_chunks`, :func:`row_chunks`), so memory stays bounded; a
+    document's global id is i·2^32 + its number in the shard, unique without counting the other shards. The
+    sequences are those :func:`~swift_scale.data.text.pack` cuts from the whole shard's tokens."""
     out.mkdir(parents=True, exist_ok=True)
     for i in range(rank, len(sources), world):
         ident = _identity(sources[i], seq_len, tokenizer)
@@ -238,10 +288,7 @@ def build_token_cache(sources: Sequence[str], read_lines: Callable[[int], tuple[
         if meta is not None and all(meta.get(k) == v for k, v in ident.items()) \
                 and (out / f"train-{i:06d}.tar").exists() and (out / f"train-{i:06d}.docs.npy").exists():
             continue
-        lines, line_doc = read_lines(i)
-        ids, token_doc = encode_documents(tokenizer, lines, line_doc)
-        seqs, owner, counts = pack_documents(ids, token_doc + (i << 32), seq_len, len(tokenizer))
-        _write_shard(out, i, ident, seqs, owner, counts, int(line_doc.max(initial=-1)) + 1)
+        _write_shard(out, i, ident, read_chunks(i), tokenizer, seq_len)
 
 
 # -- streaming ----------------------------------------------------------------------------------------------

@@ -150,21 +150,32 @@ def test_the_cache_is_built_once_per_shard_and_the_same_for_one_or_two_ranks(tmp
         f.write_text("\n\n".join(docs[k::3]) + "\n")
         files.append(str(f))
 
-    def read_lines(i):
-        from swift_scale.data.text import line_documents
+    def read_lines(i):  # small chunks, so sequences and documents cross chunk boundaries
+        from swift_scale.data import tokens
 
-        lines = open(files[i]).read().splitlines(keepends=True)
-        return lines, line_documents(lines)
+        tokens.CHUNK_LINES, old = 7, tokens.CHUNK_LINES
+        try:
+            yield from tokens.file_chunks(files[i])
+        finally:
+            tokens.CHUNK_LINES = old
 
     one, two = tmp_path / "one", tmp_path / "two"
     build_token_cache(files, read_lines, tok, L, one)
     for rank in (1, 0):  # two ranks, each its shards (ordinal mod 2), in any order
         build_token_cache(files, read_lines, tok, L, two, rank=rank, world=2)
+    from swift_scale.data.text import line_documents
+
     for i in range(3):
         assert (one / f"train-{i:06d}.tar").read_bytes() == (two / f"train-{i:06d}.tar").read_bytes()
+        lines = open(files[i]).read().splitlines(keepends=True)  # the whole file at once, as in memory
+        docs_all = line_documents(lines)
+        assert docs_all.max() + 1 == len(docs[i::3])
         meta = read_cache_meta(one, i)
         text = open(files[i]).read()
-        assert meta["sequences"] == len(pack(encode(tok, text), L))  # the same packing as in memory
+        want = pack(encode(tok, text), L)  # chunk by chunk, the same sequences as the whole file in memory
+        got = [np.load(__import__("io").BytesIO(x["tokens.npy"])) for x in wds.WebDataset(
+            str(one / f"train-{i:06d}.tar"), shardshuffle=False)]
+        assert meta["sequences"] == len(want) and np.array_equal(np.stack(got), want)
         assert meta["documents"] == len(docs[i::3])
         doc_of = np.load(one / f"train-{i:06d}.docs.npy")
         assert doc_of[0] == i << 32 and np.all(np.diff(doc_of) >= 0) and doc_of[-1] < (i << 32) + meta["documents"]
