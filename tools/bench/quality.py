@@ -25,12 +25,12 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from benchstats import mean_std
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,10 +127,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         line = {"bench": "quality", "summary": True, "name": mine[0]["name"], "method": method,
                 "seeds": [r["seed"] for r in mine]}
         for key in ("last", "best_val", "best_val_val", "auroc", "share_below_0.1x", "noisy_draw_share", "optimism"):
-            values = [r[key] for r in mine if r.get(key) is not None]
-            if values:
-                line[key] = {"mean": round(statistics.fmean(values), 3),
-                             "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0}
+            if (stats := mean_std(r.get(key) for r in mine)) is not None:
+                line[key] = stats
         out.append(line)
     return out
 

@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from benchstats import mean_std
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,10 +113,8 @@ def summarise(rows: list[dict]) -> list[dict]:
                 "seeds": [r["seed"] for r in mine]}
         for key in ("search_s", "search_over_pretrain", "trials_per_s", "fine_tune_epochs", "stopped",
                     "proposal_wait_s", "best_val", "final_val", "final_test", "auroc"):
-            vals = [r[key] for r in mine if r.get(key) is not None]
-            if vals:
-                line[key] = {"mean": round(statistics.fmean(vals), 4),
-                             "std": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0}
+            if (stats := mean_std((r.get(key) for r in mine), 4)) is not None:
+                line[key] = stats
         out.append(line)
     return out
 
