@@ -47,7 +47,10 @@ def test_run_end_to_end_writes_every_contract_file(tmp_path, digits_shards):
     assert len(json.loads((out / "noise.json").read_text())["flipped_ids"]) == round(0.4 * index["train"]["total"])
     assert sum(index["train"]["counts"]) == index["train"]["total"]
     sampler = SwiftSampler.load(out / "sampler.json")  # self-contained: no store needed
-    probs = sampler.probs({"loss": np.array([0.1, 5.0], np.float32), "renormed_entropy": np.array([0.5, 0.5], np.float32),
+    assert tuple(sampler.feature_names) == ("dyn_loss", "renormed_entropy")  # the default features
+    with pytest.raises(KeyError, match="missing \\['dyn_loss'\\]"):
+        sampler.probs({"loss": np.array([0.1, 5.0], np.float32), "renormed_entropy": np.array([0.5, 0.5], np.float32)})
+    probs = sampler.probs({"dyn_loss": np.array([0.1, 5.0], np.float32), "renormed_entropy": np.array([0.5, 0.5], np.float32),
                            "grad_proxy": np.array([0.1, 1.0], np.float32)})
     assert np.isclose(probs.sum(), 1)
 

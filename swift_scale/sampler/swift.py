@@ -215,6 +215,7 @@ class SwiftSampler:
 
     def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """Aggregated score s ∈ [0, 1] per example (float32 [N])."""
+        self._require(features)
         lo = float(np.minimum(self.weights, 0).sum())
         hi = float(np.maximum(self.weights, 0).sum())
         n = len(features[self.feature_names[0]])
@@ -263,8 +264,15 @@ class SwiftSampler:
         hi += lo
         return hi
 
+    def _require(self, features: Mapping[str, np.ndarray]) -> None:
+        missing = [name for name in self.feature_names if name not in features]
+        if missing:
+            raise KeyError(f"this sampler reads features {self.feature_names}; missing {missing} "
+                           f"(given {sorted(features)})")
+
     def weights_of(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """Unnormalised sampling weights τ(x) ≥ 0 (float32 [N])."""
+        self._require(features)
         if self.is_uniform:
             return np.ones(len(features[self.feature_names[0]]), dtype=np.float32)
         t = self.transformed(features)
