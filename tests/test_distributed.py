@@ -309,6 +309,90 @@ def test_trial_groups_train_their_own_models_with_ddp_inside_the_group(tmp_path)
     assert not all(torch.equal(got[0]["state"][k], got[2]["state"][k]) for k in weights)
 
 
+LM_SHARDS = [(0, 7), (7, 90), (90, 91), (91, 260)]  # uneven token shards (sequence ranges of one corpus)
+LM_L, LM_VOCAB = 16, 300
+
+
+def _lm_sequences():
+    from swift_scale.data.text import encode, pack, train_tokenizer
+
+    text = (ROOT / "tests" / "fixtures" / "kjv_train.txt").read_text()
+    return pack(encode(train_tokenizer(text, LM_VOCAB), text), LM_L)[:LM_SHARDS[-1][1]]
+
+
+def _lm_split(out_dir: Path, streaming: bool):
+    """The same packed sequences in memory (TokenSplit) or streamed from uneven token shards (written once)."""
+    from swift_scale.data.shards import build_index
+    from swift_scale.data.splits import TokenSplit
+    from swift_scale.data.stream import StreamOptions
+    from swift_scale.data.tokens import TokenStreamingSplit
+
+    seqs = _lm_sequences()
+    if not streaming:
+        return TokenSplit(torch.from_numpy(seqs.astype(np.int64)))
+    root = out_dir.parent / "token_shards"
+    urls = [str(root / f"s{k}-000000.tar") for k in range(len(LM_SHARDS))]
+    opts = StreamOptions(image_key="tokens.npy", seed=0, shuffle_buffer=32, num_workers=2, on_error="fail")
+    return TokenStreamingSplit(build_index(urls), opts, LM_L, LM_VOCAB)
+
+
+def _lm_worker(out_dir, streaming: bool, train: bool):
+    from accelerate import Accelerator
+
+    from swift_scale.data.text import unigram_rarity
+    from swift_scale.features.extract import extract_features
+    from swift_scale.train.loop import TrainSpec, train_model
+    from swift_scale.train.models import create_lm
+    from swift_scale.train.tasks import LMTask
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = create_lm("gpt2", LM_VOCAB, LM_L, n_layer=1, n_embd=32, n_head=2)
+    split = _lm_split(Path(out_dir), streaming)
+    task = LMTask(unigram_rarity(_lm_sequences(), LM_VOCAB))
+    if train:
+        steps = []
+        model.register_forward_hook(lambda *_: steps.append(1) if model.training else None)
+        p = np.random.default_rng(0).random(LM_SHARDS[-1][1]) ** 4  # very uneven probabilities
+        train_model(acc, model, split, probs=p / p.sum(), spec=TrainSpec(2, 16, 1e-3), task=task, progress=False)
+        Path(out_dir, f"steps-{acc.process_index}.json").write_text(json.dumps(len(steps)))
+    else:
+        offsets, counts = [a for a, _ in LM_SHARDS], [b - a for a, b in LM_SHARDS]
+        extract_features(acc, acc.prepare(model.eval()), split, Path(out_dir), offsets, counts, task,
+                         batch_size=16, progress=False)
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+def _write_lm_shards(root: Path) -> None:
+    from swift_scale.data.writers import write_token_shards
+
+    seqs = _lm_sequences()
+    for k, (a, b) in enumerate(LM_SHARDS):
+        write_token_shards(root, f"s{k}", seqs[a:b], maxcount=10_000)
+
+
+@pytest.mark.dist
+def test_lm_streamed_features_from_two_ranks_equal_the_in_memory_ones(tmp_path):
+    """The LM features pass over token shards on 2 ranks × 2 workers writes the store the in-memory pass writes."""
+    from swift_scale.features.store import FeatureStore
+
+    _write_lm_shards(tmp_path / "token_shards")
+    _launch("lm-features", tmp_path / "mem", 1)
+    _launch("lm-stream-features", tmp_path / "two", 2)
+    assert FeatureStore(tmp_path / "two").complete
+    assert (tmp_path / "mem" / "features.npy").read_bytes() == (tmp_path / "two" / "features.npy").read_bytes()
+
+
+@pytest.mark.dist
+def test_lm_streaming_uneven_token_shards_equal_steps_on_two_ranks(tmp_path):
+    _write_lm_shards(tmp_path / "token_shards")
+    _launch("lm-stream-train", tmp_path / "run", 2)
+    steps = [json.loads((tmp_path / "run" / f"steps-{r}.json").read_text()) for r in range(2)]
+    kept = round(LM_SHARDS[-1][1] / 2)  # oversample 2: half of the candidates each pass; 2 epochs = 4 passes
+    assert steps[0] == steps[1] == 4 * (kept // 16)
+
+
 def _launch(worker: str, out_dir: Path, num_processes: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     res = subprocess.run([sys.executable, "-m", "tests.test_distributed", worker, str(out_dir), str(num_processes)],
@@ -319,5 +403,8 @@ def _launch(worker: str, out_dir: Path, num_processes: int) -> None:
 if __name__ == "__main__":
     fn = {"features": _features_worker, "train": _train_worker, "stream-train": _stream_train_worker,
           "stream-features": _stream_features_worker, "dynamics": _dynamics_worker, "search": _search_worker,
-          "groups": _groups_worker}[sys.argv[1]]
+          "groups": _groups_worker,
+          "lm-features": lambda d: _lm_worker(d, streaming=False, train=False),
+          "lm-stream-features": lambda d: _lm_worker(d, streaming=True, train=False),
+          "lm-stream-train": lambda d: _lm_worker(d, streaming=True, train=True)}[sys.argv[1]]
     debug_launcher(fn, args=(sys.argv[2],), num_processes=int(sys.argv[3]))
