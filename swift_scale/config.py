@@ -239,6 +239,9 @@ class TrainConfig:
     log_with: str = ""
     """accelerate experiment trackers, comma-separated (``tensorboard`` works offline; ``wandb``, ``mlflow``,
     … if installed); logs are written under ``<run dir>/logs``. Empty = no tracking."""
+    collective_timeout_min: float = 180.0
+    """How long a process waits at a collective for the others before the run fails (torch's NCCL default is
+    10 min): a search group that finishes its trial early waits for the round's slowest trial."""
 
 
 @dataclass
@@ -290,6 +293,7 @@ class Config:
         need(self.data.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
         need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
         need(self.train.checkpoint_steps >= 0, "train.checkpoint_steps", "must be >= 0")
+        need(0 < self.train.collective_timeout_min < 1e6, "train.collective_timeout_min", "must be in (0, 1e6)")
         need(self.data.num_classes >= 0, "data.num_classes", "must be >= 0 (0 = infer)")
         need(self.model.in_chans in (1, 3), "model.in_chans", f"must be 1 or 3, got {self.model.in_chans}")
         need(self.model.image_size >= 0, "model.image_size", "must be >= 0")

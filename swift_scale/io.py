@@ -43,15 +43,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def append_jsonl(path: str | os.PathLike, obj: dict) -> None:
-    """Append one JSON line and fsync.
+def append_jsonl(path: str | os.PathLike, obj: dict | list[dict]) -> None:
+    """Append one JSON line (or several, in one write) and fsync.
 
     A torn last line (a crash mid-write leaves bytes after the last newline) is ignored by :func:`read_jsonl`
     and cut off here before the new line is written, so it can never turn into a corrupt middle line.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(obj) + "\n").encode()
+    line = "".join(json.dumps(o) + "\n" for o in (obj if isinstance(obj, list) else [obj])).encode()
     with open(path, "a+b") as f:
         size = f.seek(0, os.SEEK_END)
         if size:

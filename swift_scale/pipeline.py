@@ -24,7 +24,7 @@ from swift_scale.features.store import FeatureStore
 from swift_scale.io import read_jsonl
 from swift_scale.report.progress import announce
 from swift_scale.report.summary import RunFacts, build_summary
-from swift_scale.report.tracking import Tracking, trackers_of
+from swift_scale.report.tracking import Tracking, accelerator_for
 from swift_scale.run_folder import RunFolder
 from swift_scale.sampler.swift import SwiftSampler
 from swift_scale.search.trials import SamplerSearch
@@ -47,8 +47,7 @@ class Pipeline:
         self.folder = RunFolder(cfg)
         self.dir = self.folder.root
         check_precision(cfg)
-        self.acc = accelerator or Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
-                                              log_with=trackers_of(cfg) or None, project_dir=str(self.dir / "logs"))
+        self.acc = accelerator or accelerator_for(cfg, self.dir / "logs")
         self.tracking = Tracking(cfg, self.acc)
         self.log = self.tracking.log
 

@@ -86,6 +86,7 @@ CONFIG = [
     ("search.rungs=[1,1]", "search.rungs"), ("search.rungs=[5]", "search.rungs"), ("search.rungs=[x]", "search.rungs"),
     ("search.eta=1", "search.eta"), ("search.procs_per_trial=-1", "search.procs_per_trial"),
     ("search.procs_per_trial=3", "search.procs_per_trial"),
+    ("train.collective_timeout_min=0", "train.collective_timeout_min"),
 ]
 for _override, _needle in CONFIG:
     case(_override)(lambda c, o=_override, n=_needle: (c.run(o), n))

@@ -364,25 +364,12 @@ def _text_stream(cfg: Config, acc, run_dir: Path, tok, text_src):
         index = build_shard_table(expand_shards(d.train, allow_pipe=d.allow_pipe, field="data.train"), acc)
         train = TokenStreamingSplit(index, opts, d.seq_len, vocab)
         mine = list(range(acc.process_index, len(index.urls), acc.num_processes))
-        counts = count_unigrams(train, vocab, mine)
-        if acc.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            counts = np.sum(gather_object([counts]), axis=0)
+        counts = np.sum(_on_every_rank(acc, lambda: count_unigrams(train, vocab, mine)), axis=0)
         return train, index, None, counts
     sources, read_chunks = text_src
     cache = cache_dir(run_dir)
-    try:
-        build_token_cache(sources, read_chunks, tok, d.seq_len, cache, acc.process_index, acc.num_processes)
-        failed = None
-    except (DataError, OSError, UnicodeError) as e:  # every rank reaches the barrier, then every rank fails
-        failed = str(e)
-    if acc.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        failed = next((f for f in gather_object([failed]) if f), None)
-    if failed:
-        raise DataError(failed)
+    _on_every_rank(acc, lambda: build_token_cache(sources, read_chunks, tok, d.seq_len, cache, acc.process_index,
+                                                  acc.num_processes, reader=f"text_key={d.text_key}"))
     metas = [read_cache_meta(cache, i) for i in range(len(sources))]
     index = ShardIndex(token_shard_files(cache, len(sources)), [m["sequences"] for m in metas])  # type: ignore[index]
     if index.total == 0:
@@ -390,6 +377,24 @@ def _text_stream(cfg: Config, acc, run_dir: Path, tok, text_src):
     doc_of = np.concatenate([np.load(cache / f"train-{i:06d}.docs.npy") for i in range(len(sources))])
     counts = np.sum([np.asarray(m["unigram"], np.int64) for m in metas], axis=0)  # type: ignore[index]
     return TokenStreamingSplit(index, opts, d.seq_len, vocab), index, doc_of, counts
+
+
+def _on_every_rank(acc, fn) -> list:
+    """``fn()`` on this rank, its results gathered from every rank (in rank order). When it fails on any rank,
+    every rank still reaches the gather and then raises that rank's error as a DataError — no rank is left
+    waiting for one that died."""
+    got: list[tuple[Any, str | None]]
+    try:
+        got = [(fn(), None)]
+    except Exception as e:  # noqa: BLE001 - reported on every rank below
+        got = [(None, str(e) if isinstance(e, DataError) else f"data.train: {type(e).__name__}: {e}")]
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        got = gather_object(got)
+    if failed := next((f for _, f in got if f), None):
+        raise DataError(failed)
+    return [out for out, _ in got]
 
 
 def cache_dir(run_dir: Path) -> Path:

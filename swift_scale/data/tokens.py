@@ -155,7 +155,7 @@ def file_chunks(path: str) -> Iterator[tuple[list[str], np.ndarray]]:
     doc, prev_blank = -1, True
     lines: list[str] = []
     docs: list[int] = []
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # universal newlines, as Path.read_text reads
         for raw in f:
             for line in raw.splitlines(keepends=True):
                 blank = not line.strip()
@@ -180,8 +180,13 @@ def row_chunks(rows: Iterable[str | None]) -> Iterator[tuple[list[str], np.ndarr
     for row in rows:
         if not row:
             continue
-        if doc >= 0:  # the newline joining the previous row to this one
-            lines[-1] += "\n"
+        if doc >= 0:  # the newline joining the previous row to this one: its own line after a line break
+            last = lines[-1]
+            if last.endswith("\r") or last == last.splitlines()[0]:  # "\r" + "\n" is one break
+                lines[-1] += "\n"
+            else:
+                lines.append("\n")
+                docs.append(doc)
         doc += 1
         for piece in row.splitlines(keepends=True):
             lines.append(piece)
@@ -220,16 +225,13 @@ def read_cache_meta(out: Path, i: int) -> dict | None:
     return meta if meta.get("version") == CACHE_VERSION else None
 
 
-def _identity(source: str, seq_len: int, tokenizer) -> dict:
-    """What a cached shard was made from: the source file (path, size, mtime), seq_len and the tokenizer."""
-    import hashlib
-
-    from swift_scale.data.text import tokenizer_json
-
+def _identity(source: str, seq_len: int, tokenizer_sha: str, reader: str) -> dict:
+    """What a cached shard was made from: the source file (path, size, mtime), how it is read (``reader``: e.g.
+    the text column), seq_len and the tokenizer (its sha)."""
     path = source.split(":", 2)[2] if source.startswith("hf:") else source
     st = os.stat(path)
-    return {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "seq_len": seq_len,
-            "tokenizer": hashlib.sha256(tokenizer_json(tokenizer).encode()).hexdigest()[:16]}
+    return {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "reader": reader,
+            "seq_len": seq_len, "tokenizer": tokenizer_sha}
 
 
 def _write_shard(out: Path, i: int, ident: dict, chunks: Iterable[tuple[list[str], np.ndarray]], tokenizer,
@@ -244,6 +246,8 @@ def _write_shard(out: Path, i: int, ident: dict, chunks: Iterable[tuple[list[str
     vocab = len(tokenizer)
     path = out / f"train-{i:06d}.tar"
     tmp = path.with_name(f".{path.name}.tmp")
+    _meta_path(out, i).unlink(missing_ok=True)  # the old record goes first: a kill below leaves no valid record
+    fsync_dir(out)
     dtype = np.uint16 if vocab <= 1 << 16 else np.int32
     carry_ids, carry_doc = np.zeros(0, np.int32), np.zeros(0, np.int64)
     owners, counts, num_docs, n = [], np.zeros(vocab, np.int64), 0, 0
@@ -274,16 +278,21 @@ def _write_shard(out: Path, i: int, ident: dict, chunks: Iterable[tuple[list[str
 
 
 def build_token_cache(sources: Sequence[str], read_chunks: Callable[[int], Iterable[tuple[list[str], np.ndarray]]],
-                      tokenizer, seq_len: int, out: Path, rank: int = 0, world: int = 1) -> None:
+                      tokenizer, seq_len: int, out: Path, rank: int = 0, world: int = 1, reader: str = "") -> None:
     """Tokenize and pack source shard ``i`` (for i ≡ rank mod world) into ``out/train-{i:06d}.tar`` (with the
     document of each sequence in ``.docs.npy`` and the counts in ``.json``) unless it is done already for the
-    same source file, ``seq_len`` and tokenizer. ``read_chunks(i)`` yields the shard's lines (keepends) chunk by
+    same source file, ``reader`` (how ``read_chunks`` reads it, e.g. the text column), ``seq_len`` and tokenizer. ``read_chunks(i)`` yields the shard's lines (keepends) chunk by
     chunk with the document of each line (:func:`file_chunks`, :func:`row_chunks`), so memory stays bounded; a
     document's global id is i·2^32 + its number in the shard, unique without counting the other shards. The
     sequences are those :func:`~swift_scale.data.text.pack` cuts from the whole shard's tokens."""
+    import hashlib
+
+    from swift_scale.data.text import tokenizer_json
+
     out.mkdir(parents=True, exist_ok=True)
+    sha = hashlib.sha256(tokenizer_json(tokenizer).encode()).hexdigest()[:16]
     for i in range(rank, len(sources), world):
-        ident = _identity(sources[i], seq_len, tokenizer)
+        ident = _identity(sources[i], seq_len, sha, reader)
         meta = read_cache_meta(out, i)
         if meta is not None and all(meta.get(k) == v for k, v in ident.items()) \
                 and (out / f"train-{i:06d}.tar").exists() and (out / f"train-{i:06d}.docs.npy").exists():

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
+
 from swift_scale.config import Config, config_to_dict
 
-__all__ = ["Tracking", "trackers_of"]
+__all__ = ["Tracking", "trackers_of", "accelerator_for"]
+
+
+def accelerator_for(cfg: Config, logs_dir: Path):
+    """The run's Accelerator: device, precision, trackers (logging under ``logs_dir``) and the collective timeout
+    (``train.collective_timeout_min``; trials of one search round wait for each other at the gather)."""
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    wait = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.collective_timeout_min))
+    return Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
+                       log_with=trackers_of(cfg) or None, project_dir=str(logs_dir), kwargs_handlers=[wait])
 
 
 def trackers_of(cfg: Config) -> list[str]:

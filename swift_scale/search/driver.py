@@ -30,7 +30,7 @@ import numpy as np
 
 from swift_scale.search.engine import SearchEngine, Trial
 
-__all__ = ["TrialResult", "Proposer", "run_search", "best_or_raise"]
+__all__ = ["TrialResult", "Proposer", "run_search", "best_or_raise", "partial_round"]
 
 logger = logging.getLogger("swift_scale")
 
@@ -145,6 +145,7 @@ def run_search(engine: SearchEngine, trials: int,
     from tqdm.auto import tqdm
 
     main = accelerator.is_main_process
+    engine.drop_last(partial_round(engine.history, slots, trials), persist=main)
     proposer = Proposer(engine, slots, overlap) if main else None
     bar = tqdm(total=trials, initial=engine.num_trials, desc="search", unit="trial", dynamic_ncols=True,
                disable=None if (progress and main) else True)
@@ -162,17 +163,33 @@ def run_search(engine: SearchEngine, trials: int,
             mine = evaluate(batch[group], earlier) if group < len(batch) else None
             results = [r for r in gather_object([(group, mine) if leader else None]) if r is not None]
             by_group = dict(results)
-            for g, trial in enumerate(batch):
-                res = by_group[g]
-                rec = engine.tell(trial, res.score, error=res.error, rungs=res.rungs, stopped_at=res.stopped_at,
-                                  seconds=res.seconds, persist=main,
-                                  extra={"round": start // slots, "proposal_wait": round(waited, 4)})
+            records = [engine.tell(trial, by_group[g].score, error=by_group[g].error, rungs=by_group[g].rungs,
+                                   stopped_at=by_group[g].stopped_at, seconds=by_group[g].seconds, persist=False,
+                                   extra={"round": start // slots, "proposal_wait": round(waited, 4)})
+                       for g, trial in enumerate(batch)]
+            if main:  # the whole round in one write: a kill leaves whole rounds (or a torn line, cut on resume)
+                engine.persist(records)
+            for rec in records:
                 _report(engine, rec, log, bar)
     finally:
         bar.close()
         if proposer is not None:
             proposer.close()
     return engine
+
+
+def partial_round(history: Sequence[dict], slots: int, trials: int) -> int:
+    """How many records at the end of ``history`` form a round cut short (a crash between its records, as
+    histories written one record at a time could leave): they are redone, so a resumed search proposes the same
+    rounds as an uninterrupted one. 0 when every round is whole, or when the rounds are not ``slots`` wide (a
+    history made with another number of processes is kept as it is)."""
+    n = len(history)
+    if n == 0 or n >= trials or "round" not in history[-1]:
+        return 0
+    k = history[-1]["round"]
+    if any(r.get("round") != i // slots for i, r in enumerate(history)):
+        return 0
+    return n - k * slots if n - k * slots < min(slots, trials - k * slots) else 0
 
 
 def _report(engine: SearchEngine, rec: dict, log, bar) -> None:

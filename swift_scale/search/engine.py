@@ -36,6 +36,7 @@ exactly where a killed one stopped, reproducing the uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -47,7 +48,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from swift_scale.io import append_jsonl, read_jsonl
+from swift_scale.io import append_jsonl, atomic_write_text, read_jsonl
 from swift_scale.rng import generator, stream_id
 
 __all__ = ["SearchEngine", "Trial", "asha_stop"]
@@ -206,6 +207,18 @@ class SearchEngine:
             append_jsonl(self.path, rec)
         self.history.append(rec)
         return rec
+
+    def persist(self, records: list[dict]) -> None:
+        """Append records already told with ``persist=False`` to the history file, in one write."""
+        if self.path is not None and records:
+            append_jsonl(self.path, records)
+
+    def drop_last(self, k: int, persist: bool = True) -> None:
+        """Forget the last ``k`` records; with ``persist`` the file is rewritten without them (atomically)."""
+        if k > 0:
+            del self.history[-k:]
+            if persist and self.path is not None:
+                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     # -- proposals ------------------------------------------------------------------------------------------
     def _fixed_point(self, t: int) -> tuple[np.ndarray | None, str]:

@@ -70,8 +70,11 @@ class SamplerSearch:
         rungs: dict[int, float] = {}
         t0 = time.time()
 
-        def at_epoch(epoch, model):
-            if epoch in s.rungs and epoch < s.finetune_epochs:
+        passes = trainer.data.train.passes(s.finetune_epochs, True)  # streaming: oversample passes an epoch
+
+        def at_epoch(done, model):  # done passes → epochs' worth of steps (rungs count epochs in every mode)
+            epoch, part = divmod(done * s.finetune_epochs, passes)
+            if not part and epoch in s.rungs and epoch < s.finetune_epochs:
                 rungs[epoch] = score = trainer.task.score(trainer.evaluate(model, "val"))
                 model.train()
                 if asha_stop(earlier, epoch, score, s.eta):

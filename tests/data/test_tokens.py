@@ -11,11 +11,14 @@ import webdataset as wds
 from swift_scale.data.shards import build_index
 from swift_scale.data.stream import StreamOptions
 from swift_scale.data.text import corrupt_sequences, encode, pack, train_tokenizer
+from swift_scale.data import tokens
 from swift_scale.data.tokens import (
     SequenceNoise,
     TokenStreamingSplit,
     build_token_cache,
+    file_chunks,
     read_cache_meta,
+    row_chunks,
 )
 from swift_scale.data.writers import write_token_shards
 from tests.conftest import ROOT
@@ -140,6 +143,22 @@ def test_bad_token_samples_are_named_or_skipped(tmp_path, token_shards):
     reasons = {e["key"]: e["reason"] for e in skip.take_skipped()}
     assert set(reasons) == {"float", "short", "vocab", "none"}
     assert "shape (5,)" in reasons["short"] and "outside [0, 300)" in reasons["vocab"]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 1000])
+def test_chunked_readers_split_lines_as_the_whole_text_does(tmp_path, monkeypatch, chunk):
+    """Rows and files read chunk by chunk give the lines of the whole text read at once (CRLF files, rows that
+    end in a line break or a lone CR, blank rows), each line with its document."""
+    monkeypatch.setattr(tokens, "CHUNK_LINES", chunk)
+    rows = ["in the beginning\n", "", "and the earth\r", "was\nwithout form\n\n", "void", "\n", "x"]
+    text = "\n".join(r for r in rows if r)
+    got = [(line, int(d)) for lines, docs in row_chunks(rows) for line, d in zip(lines, docs)]
+    assert [line for line, _ in got] == text.splitlines(keepends=True)
+    assert [d for _, d in got] == sorted(d for _, d in got) and got[-1][1] == 5  # 6 non-empty rows
+    f = tmp_path / "crlf.txt"
+    f.write_bytes(b"one\r\ntwo\r\n\r\nthree\r\n")
+    lines = [line for part, _ in file_chunks(str(f)) for line in part]
+    assert lines == f.read_text().splitlines(keepends=True) == ["one\n", "two\n", "\n", "three\n"]
 
 
 def test_the_cache_is_built_once_per_shard_and_the_same_for_one_or_two_ranks(tmp_path, tok):

@@ -1,6 +1,7 @@
 """Batch proposals, early stopping (successive halving) and the multi-fidelity GP; the round loop in one process
 (the 2-process gather is in tests/test_distributed.py, a killed 2-process search in tests/test_resume.py)."""
 
+import json
 import math
 
 import numpy as np
@@ -148,3 +149,71 @@ def test_a_failed_trial_in_a_round_is_recorded(tmp_path):
     run_search(e, 3, evaluate, _Solo(), slots=1)
     assert [r["status"] for r in e.history] == ["ok", "failed", "ok"] and e.history[1]["error"] == "RuntimeError: boom"
     assert math.isfinite(e.best()["score"])
+
+
+def test_a_round_cut_short_is_redone_and_whole_rounds_are_written_at_once(tmp_path):
+    """Rounds of 2: a history ending in half a round (a crash between two records) drops that half on resume;
+    whole rounds, a finished search, or rounds of another width are kept as they are."""
+    from swift_scale.search.driver import partial_round
+
+    def recs(n, slots):
+        return [{"trial": i, "round": i // slots} for i in range(n)]
+
+    assert partial_round(recs(5, 2), 2, 10) == 1 and partial_round(recs(4, 2), 2, 10) == 0
+    assert partial_round(recs(5, 2), 2, 5) == 0  # the search is done: its last round was 1 wide
+    assert partial_round(recs(5, 1), 2, 10) == 0  # made with 1 slot: not ours to cut
+    assert partial_round(recs(7, 4), 4, 10) == 3 and partial_round(recs(9, 4), 4, 10) == 1
+    assert partial_round(recs(9, 4), 4, 9) == 0
+
+    e = _fill(_engine(tmp_path / "h.jsonl"), 3)
+    for i, r in enumerate(e.history):
+        r["round"] = i // 2
+    (tmp_path / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in e.history))
+    resumed = _engine(tmp_path / "h.jsonl")
+    resumed.drop_last(partial_round(resumed.history, 2, 10))
+    assert resumed.num_trials == 2 and len(read_jsonl(tmp_path / "h.jsonl")) == 2
+
+    rounds = resumed.ask_batch(2)
+    told = [resumed.tell(t, objective(t.theta), persist=False, extra={"round": 1}) for t in rounds]
+    resumed.persist(told)
+    assert [r["trial"] for r in read_jsonl(tmp_path / "h.jsonl")] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("passes_per_epoch", [1, 2])
+def test_rungs_count_epochs_also_when_a_streamed_epoch_is_several_passes(passes_per_epoch):
+    """A sampled streaming fine-tune makes oversample passes per epoch: rung 1 is scored after the passes of
+    one epoch's steps, not after the first pass."""
+    from types import SimpleNamespace
+
+    from swift_scale.config import Config
+    from swift_scale.search.engine import Trial
+    from swift_scale.search.trials import SamplerSearch
+
+    cfg = Config()
+    cfg.search.rungs, cfg.search.finetune_epochs = [1, 2], 3
+    progress = {"done": 0}
+    scored_after = []
+
+    class Source:
+        def passes(self, epochs, sampled):
+            return epochs * passes_per_epoch
+
+    def fit(probs, *, epochs, hook, **_):
+        for done in range(1, epochs * passes_per_epoch + 1):
+            progress["done"] = done
+            hook(done, SimpleNamespace(train=lambda: None))
+        return None, []
+
+    def evaluate(model, split):
+        scored_after.append(progress["done"])
+        return 0.5
+
+    search = SamplerSearch.__new__(SamplerSearch)
+    search.cfg, search.feats, search.online = cfg, {}, lambda s: None
+    search.trainer = SimpleNamespace(data=SimpleNamespace(train=Source()), fit=fit, evaluate=evaluate,
+                                     acc=SimpleNamespace(free_memory=lambda: None),
+                                     task=SimpleNamespace(score=lambda v: v))
+    search.sampler = lambda theta: SimpleNamespace(probs=lambda feats: None)
+    res = search.trial(Trial(0, np.zeros(10), "test"), state0={})
+    assert res.error is None and res.rungs == {1: 0.5, 2: 0.5}
+    assert scored_after == [passes_per_epoch, 2 * passes_per_epoch, 3 * passes_per_epoch]  # rungs, then the end
