@@ -75,10 +75,14 @@ def lm_features(logits: torch.Tensor, targets: torch.Tensor, rarity: torch.Tenso
     if logits.ndim != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)}, "
                          f"{tuple(targets.shape)}")
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    z = logits.float()
     y = targets.long().unsqueeze(-1)
-    loss = -logp.gather(-1, y).squeeze(-1).mean(1)
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    logp_y = (z.gather(-1, y) - lse).squeeze(-1)
+    loss = -logp_y.mean(1)
     rare = rarity.to(logits.device, torch.float32)[targets.long()].mean(1)
-    p = logp.exp()
-    grad = p.scatter_add(-1, y, -torch.ones_like(y, dtype=p.dtype)).norm(dim=-1).mean(1)
+    # ‖p − onehot‖² = Σ_{j≠y} p_j² + (1 − p_y)²: one [B, T, V] buffer, worked on in place (the vocab-sized
+    # passes cost as much as a small model's forward), and exact as p_y → 1 (expm1, no cancellation)
+    p = (z - lse).exp_().scatter_(-1, y, 0.0)
+    grad = (p.square_().sum(-1) + torch.expm1(logp_y).square()).sqrt().mean(1)
     return torch.stack([loss, rare, grad], dim=1)
