@@ -98,6 +98,9 @@ class ClassificationTask:
         return metrics["accuracy"]
 
 
+LOGIT_BUDGET = 1 << 24  # logits (B·T·vocab elements) per forward in LM evaluation and features: 64 MB in fp32
+
+
 class LMTask:
     """x = y: token sequences [B, T]; next-token prediction. Metric: perplexity (lower is better); the search
     scores −log(val perplexity), i.e. minus the mean token loss. Per-example statistics are per sequence: the
@@ -122,14 +125,28 @@ class LMTask:
         flat, t = logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1)
         return F.cross_entropy(flat, t), _stats(flat, t).view(len(y), -1, 2).mean(1) if stats else None
 
+    def _rows(self, x) -> range:
+        """Row offsets of sub-batches whose logits stay under LOGIT_BUDGET elements: evaluation and the
+        features pass run many sequences at a time, and B × T × vocab floats (×4 for the passes over them)
+        would be gigabytes for a GPT-2 vocabulary."""
+        return range(0, len(x), max(1, LOGIT_BUDGET // (x.shape[1] * len(self.rarity))))
+
     def features(self, model, x, y):
-        return lm_features(self._logits(model, x), y[:, 1:], self.rarity)
+        n = self._rows(x).step
+        return torch.cat([lm_features(self._logits(model, x[i:i + n]), y[i:i + n, 1:], self.rarity)
+                          for i in self._rows(x)])
 
     def eval_sums(self, model, x, y) -> list:
-        logits = self._logits(model, x)
-        t = y[:, 1:]
-        flat = logits.reshape(-1, logits.shape[-1]).float()
-        return [(logits.argmax(-1) == t).sum(), F.cross_entropy(flat, t.reshape(-1), reduction="sum"), t.numel()]
+        sums: list = [0, 0.0, 0]
+        n = self._rows(x).step
+        for i in self._rows(x):
+            logits = self._logits(model, x[i:i + n])
+            t = y[i:i + n, 1:]
+            flat = logits.reshape(-1, logits.shape[-1]).float()
+            sums[0] += (logits.argmax(-1) == t).sum()
+            sums[1] += F.cross_entropy(flat, t.reshape(-1), reduction="sum")
+            sums[2] += t.numel()
+        return sums
 
     @staticmethod
     def finish(sums) -> dict:

@@ -8,10 +8,10 @@ import pytest
 import torch
 import webdataset as wds
 
+from swift_scale.data import tokens
 from swift_scale.data.shards import build_index
 from swift_scale.data.stream import StreamOptions
 from swift_scale.data.text import corrupt_sequences, encode, pack, train_tokenizer
-from swift_scale.data import tokens
 from swift_scale.data.tokens import (
     SequenceNoise,
     TokenStreamingSplit,
