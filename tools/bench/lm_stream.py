@@ -97,7 +97,8 @@ def features(args, out: Path) -> None:
     split = stream(urls, args.seq_len, len(tok))
     acc = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(0)
-    model = acc.prepare(create_lm("gpt2", len(tok), args.seq_len, None, n_layer=2, n_embd=128, n_head=4).eval())
+    model = acc.prepare(create_lm("gpt2", len(tok), args.seq_len, None, n_layer=2, n_embd=128, n_head=4,
+                                  bos_token_id=0, eos_token_id=0).eval())
     task = LMTask(unigram_rarity(np.zeros((1, 1), np.int64), len(tok)))
 
     @torch.no_grad()
@@ -156,12 +157,13 @@ def big(args, out: Path) -> None:
     from swift_scale.data.writers import write_token_shards
 
     root = out / "big"
-    shards = max(1, int(args.big_mb * 1e6 // (2 * args.seq_len * 200_000)) + 1)
-    if not root.exists():
-        rng = np.random.default_rng(0)
-        for s in range(shards):
-            write_token_shards(root, f"b{s:03d}", rng.integers(0, 2048, (200_000, args.seq_len), dtype=np.uint16),
+    if not (root / "done").exists():  # shards of 50k sequences until the tars (headers included) reach --big-mb
+        rng, s = np.random.default_rng(0), 0
+        while sum(p.stat().st_size for p in root.glob("*.tar")) < args.big_mb * 1e6:
+            write_token_shards(root, f"b{s:03d}", rng.integers(0, 2048, (50_000, args.seq_len), dtype=np.uint16),
                                maxcount=1 << 30)
+            s += 1
+        (root / "done").touch()
     code = ("import sys, json, resource, time, numpy as np; sys.path.insert(0, sys.argv[1]);"
             "from lm_stream import stream; import glob;"
             "urls = sorted(glob.glob(sys.argv[2] + '/*.tar')); s = stream(urls, int(sys.argv[3]), 2048);"
