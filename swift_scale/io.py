@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl", "fsync_dir", "FileError", "read_json",
-           "load_state_dict", "save_state_dict"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "atomic_save_npy",
+           "append_jsonl", "read_jsonl", "fsync_dir", "FileError", "read_json", "load_state_dict", "save_state_dict"]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -26,21 +27,41 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync it, then ``os.replace`` it into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str = "wb") -> None:
+    """``write(f)`` into a temp file beside ``path``, fsync it, then ``os.replace`` it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, mode) as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text), "w")
+
+
+def atomic_save_npy(path: str | os.PathLike, array) -> None:
+    """``np.save`` published atomically."""
+    import numpy as np
+
+    atomic_write(path, lambda f: np.save(f, array))
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Replace a JSON-lines file with ``records``, atomically."""
+    atomic_write_text(path, _jsonl(records))
 
 
 def append_jsonl(path: str | os.PathLike, obj: dict | list[dict]) -> None:
@@ -51,7 +72,7 @@ def append_jsonl(path: str | os.PathLike, obj: dict | list[dict]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = "".join(json.dumps(o) + "\n" for o in (obj if isinstance(obj, list) else [obj])).encode()
+    line = _jsonl(obj if isinstance(obj, list) else [obj]).encode()
     with open(path, "a+b") as f:
         size = f.seek(0, os.SEEK_END)
         if size:
@@ -145,12 +166,4 @@ def save_state_dict(path: str | os.PathLike, state: dict) -> None:
     """``torch.save`` to a temp file beside ``path``, fsynced, then ``os.replace``d into place."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write(path, lambda f: torch.save(state, f))

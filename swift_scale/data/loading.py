@@ -222,7 +222,7 @@ def _load_text(cfg: Config, acc, run_dir: Path) -> Data:
     """Text → tokenizer (given, or trained on the training split) → packed sequences; noise by sequence or
     document id. Streaming mode reads the training sequences from token shards every pass (text is tokenized
     once into a shard cache beside the run, see :mod:`swift_scale.data.tokens`); val and test stay in memory."""
-    from swift_scale.data.text import is_token_shards, load_tokenizer, unigram_rarity
+    from swift_scale.data.text import is_token_shards, load_tokenizer, rarity_of_counts, unigram_rarity
     from swift_scale.data.tokens import SequenceNoise
 
     d = cfg.data
@@ -250,7 +250,7 @@ def _load_text(cfg: Config, acc, run_dir: Path) -> Data:
             doc_of = docs
     if stream:
         train, index["train"], doc_of, unigram = _text_stream(cfg, acc, run_dir, tok, text_src)
-        rarity = (-np.log((unigram + 1.0) / (unigram + 1.0).sum())).astype(np.float32)
+        rarity = rarity_of_counts(unigram)
         n = index["train"].total
     else:
         rarity, n = unigram_rarity(seqs["train"], vocab), len(seqs["train"])

@@ -25,7 +25,8 @@ from swift_scale.rng import stream_id, uniform01
 
 __all__ = ["is_token_shards", "load_token_shards", "read_text", "text_files", "read_file_text", "train_tokenizer",
            "save_tokenizer", "tokenizer_json", "tokenizer_from_json", "load_tokenizer", "encode", "encode_lines",
-           "line_documents", "encode_documents", "pack", "corrupt_sequences", "unigram_rarity"]
+           "line_documents", "document_counter", "encode_documents", "pack", "corrupt_sequences", "unigram_rarity",
+           "rarity_of_counts"]
 
 
 def is_token_shards(ref: str) -> bool:
@@ -165,9 +166,16 @@ def encode_lines(tokenizer, lines: list[str]) -> list[np.ndarray]:
 def line_documents(lines: list[str]) -> np.ndarray:
     """The document of each line (int64 [len(lines)]): documents are blocks separated by blank lines (as
     tools/prepare_text_corpus.py writes them); a blank line belongs to the document before it."""
+    return np.maximum(document_counter(lines), 0)
+
+
+def document_counter(lines: list[str], after_blank: bool = True, last: int = -1) -> np.ndarray:
+    """``last`` + the number of documents begun up to each line (int64 [len(lines)]; −1 on blank lines before
+    the first document): :func:`line_documents` before its clamp at 0. A text read in chunks continues with
+    ``after_blank`` (whether the line before the chunk was blank) and ``last`` (the counter there)."""
     blank = np.array([not ln.strip() for ln in lines], dtype=bool)
-    starts = ~blank & np.concatenate([[True], blank[:-1]]) if len(lines) else blank
-    return np.maximum(np.cumsum(starts) - 1, 0).astype(np.int64)
+    starts = ~blank & np.concatenate([[after_blank], blank[:-1]]) if len(lines) else blank
+    return last + np.cumsum(starts, dtype=np.int64)
 
 
 def encode_documents(tokenizer, lines: list[str], line_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,5 +216,10 @@ def corrupt_sequences(tokens: np.ndarray, rate: float, vocab_size: int, seed: in
 
 def unigram_rarity(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     """−log of each token's add-one-smoothed unigram frequency on ``tokens`` (float32 [vocab_size])."""
-    counts = np.bincount(np.asarray(tokens).ravel(), minlength=vocab_size).astype(np.float64) + 1.0
-    return (-np.log(counts / counts.sum())).astype(np.float32)
+    return rarity_of_counts(np.bincount(np.asarray(tokens).ravel(), minlength=vocab_size))
+
+
+def rarity_of_counts(counts: np.ndarray) -> np.ndarray:
+    """:func:`unigram_rarity` from unigram counts (int [vocab_size]), e.g. summed over the shards of a stream."""
+    smoothed = np.asarray(counts, dtype=np.float64) + 1.0
+    return (-np.log(smoothed / smoothed.sum())).astype(np.float32)

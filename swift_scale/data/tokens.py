@@ -29,7 +29,7 @@ import torch
 
 from swift_scale.data.decode import BadSample, DataError
 from swift_scale.data.shards import ShardIndex
-from swift_scale.data.stream import StreamingSplit, StreamOptions
+from swift_scale.data.stream import StreamingSplit, StreamOptions, batches_after
 from swift_scale.rng import stream_id, uniform01
 
 __all__ = ["SequenceNoise", "TokenStreamingSplit", "build_token_cache", "read_cache_meta", "file_chunks", "row_chunks",
@@ -150,25 +150,27 @@ CHUNK_LINES = 16384
 
 def file_chunks(path: str) -> Iterator[tuple[list[str], np.ndarray]]:
     """The lines (keepends, split as ``str.splitlines`` splits the whole text) of a text file, read line by line
-    in chunks of about :data:`CHUNK_LINES`, with the document of each line: documents are blocks separated by
-    blank lines (as tools/prepare_text_corpus.py writes them); a blank line belongs to the document before it."""
-    doc, prev_blank = -1, True
+    in chunks of about :data:`CHUNK_LINES`, with the document of each line (blank-line blocks: the rule of
+    :func:`~swift_scale.data.text.line_documents`, carried across chunks)."""
+    from swift_scale.data.text import document_counter
+
+    doc, after_blank = -1, True
+
+    def chunk(lines: list[str]) -> tuple[list[str], np.ndarray]:
+        nonlocal doc, after_blank
+        counter = document_counter(lines, after_blank, doc)
+        doc, after_blank = int(counter[-1]), not lines[-1].strip()
+        return lines, np.maximum(counter, 0)
+
     lines: list[str] = []
-    docs: list[int] = []
     with open(path, encoding="utf-8", errors="replace") as f:  # universal newlines, as Path.read_text reads
         for raw in f:
-            for line in raw.splitlines(keepends=True):
-                blank = not line.strip()
-                if not blank and prev_blank:
-                    doc += 1
-                prev_blank = blank
-                lines.append(line)
-                docs.append(max(doc, 0))
+            lines += raw.splitlines(keepends=True)
             if len(lines) >= CHUNK_LINES:
-                yield lines, np.asarray(docs, np.int64)
-                lines, docs = [], []
+                yield chunk(lines)
+                lines = []
     if lines:
-        yield lines, np.asarray(docs, np.int64)
+        yield chunk(lines)
 
 
 def row_chunks(rows: Iterable[str | None]) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -241,7 +243,7 @@ def _write_shard(out: Path, i: int, ident: dict, chunks: Iterable[tuple[list[str
     import webdataset as wds
 
     from swift_scale.data.text import encode_documents
-    from swift_scale.io import atomic_write_json, fsync_dir
+    from swift_scale.io import atomic_save_npy, atomic_write_json, fsync_dir
 
     vocab = len(tokenizer)
     path = out / f"train-{i:06d}.tar"
@@ -266,13 +268,7 @@ def _write_shard(out: Path, i: int, ident: dict, chunks: Iterable[tuple[list[str
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    docs = out / f"train-{i:06d}.docs.npy"
-    with open(docs.with_name(f".{docs.name}.tmp"), "wb") as f:
-        np.save(f, np.concatenate(owners) if owners else np.zeros(0, np.int64))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(docs.with_name(f".{docs.name}.tmp"), docs)
-    fsync_dir(out)
+    atomic_save_npy(out / f"train-{i:06d}.docs.npy", np.concatenate(owners) if owners else np.zeros(0, np.int64))
     atomic_write_json(_meta_path(out, i), {"version": CACHE_VERSION, **ident, "sequences": n,
                                            "documents": num_docs, "unigram": counts.tolist()})
 
@@ -393,22 +389,11 @@ def count_unigrams(split: StreamingSplit, vocab_size: int, shards: Sequence[int]
     """Unigram counts (int64 [vocab]) of the given shards of a token stream (one read of each)."""
     counts = np.zeros(vocab_size, np.int64)
     for shard in shards:
-        for raw in _chunks(split.raw(shard, 0, int(split.counts[shard]), None), 1024):
+        for raw in batches_after(split.raw(shard, 0, int(split.counts[shard]), None), 1024, 0, partial=True):
             batch = split.collate(raw)
             if batch is not None:
                 counts += np.bincount(batch[0].numpy().ravel(), minlength=vocab_size)
     return counts
-
-
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def token_shard_files(out: Path, n: int) -> list[str]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from swift_scale.io import atomic_save_npy
+
 __all__ = ["DYNAMICS_FEATURES", "DynamicsRecorder", "dynamics_features"]
 
 DYNAMICS_FEATURES: tuple[str, ...] = ("dyn_loss", "aum", "wrong_frac")
@@ -60,14 +62,7 @@ class DynamicsRecorder:
 
     def save(self, epoch: int, step: int) -> None:
         """Snapshot the sums for the checkpoint at (epoch, step) (before that checkpoint's commit)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self._file(epoch, step)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, self.acc)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_save_npy(self._file(epoch, step), self.acc)
 
     def load(self, epoch: int, step: int) -> None:
         """Restore the sums of the checkpoint at (epoch, step); (0, 0) starts from zero."""

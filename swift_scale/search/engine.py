@@ -36,7 +36,6 @@ exactly where a killed one stopped, reproducing the uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -48,7 +47,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from swift_scale.io import append_jsonl, atomic_write_text, read_jsonl
+from swift_scale.io import append_jsonl, atomic_write_jsonl, read_jsonl
 from swift_scale.rng import generator, stream_id
 
 __all__ = ["SearchEngine", "Trial", "asha_stop"]
@@ -218,7 +217,7 @@ class SearchEngine:
         if k > 0:
             del self.history[-k:]
             if persist and self.path is not None:
-                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+                atomic_write_jsonl(self.path, self.history)
 
     # -- proposals ------------------------------------------------------------------------------------------
     def _fixed_point(self, t: int) -> tuple[np.ndarray | None, str]:

@@ -125,21 +125,21 @@ class LMTask:
         flat, t = logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1)
         return F.cross_entropy(flat, t), _stats(flat, t).view(len(y), -1, 2).mean(1) if stats else None
 
-    def _rows(self, x) -> range:
-        """Row offsets of sub-batches whose logits stay under LOGIT_BUDGET elements: evaluation and the
-        features pass run many sequences at a time, and B × T × vocab floats (×4 for the passes over them)
-        would be gigabytes for a GPT-2 vocabulary."""
-        return range(0, len(x), max(1, LOGIT_BUDGET // (x.shape[1] * len(self.rarity))))
+    def _sub_batch(self, x) -> int:
+        """Sequences per forward so the logits stay under LOGIT_BUDGET elements: evaluation and the features pass
+        run many sequences at a time, and B × T × vocab floats (×4 for the passes over them) would be gigabytes
+        for a GPT-2 vocabulary."""
+        return max(1, LOGIT_BUDGET // (x.shape[1] * len(self.rarity)))
 
     def features(self, model, x, y):
-        n = self._rows(x).step
+        n = self._sub_batch(x)
         return torch.cat([lm_features(self._logits(model, x[i:i + n]), y[i:i + n, 1:], self.rarity)
-                          for i in self._rows(x)])
+                          for i in range(0, len(x), n)])
 
     def eval_sums(self, model, x, y) -> list:
         sums: list = [0, 0.0, 0]
-        n = self._rows(x).step
-        for i in self._rows(x):
+        n = self._sub_batch(x)
+        for i in range(0, len(x), n):
             logits = self._logits(model, x[i:i + n])
             t = y[i:i + n, 1:]
             flat = logits.reshape(-1, logits.shape[-1]).float()
