@@ -42,7 +42,7 @@ from swift_scale.data.decode import (
 )
 from swift_scale.data.hf import hf_shard_rows, hf_stream_open
 from swift_scale.data.noise import NoisePlan
-from swift_scale.data.shards import ShardIndex, local_path, raw_samples, tar_samples
+from swift_scale.data.shards import ShardIndex, local_path, raw_samples, shard_layout, tar_samples
 from swift_scale.rng import generator, stream_id
 from swift_scale.selection import keep_set
 
@@ -298,6 +298,9 @@ class StreamingSplit:
         (images uint8 [b, C, H, W], labels, global ids), from a DataLoader with ``num_workers`` workers."""
         steps = self.steps(plan, world, per_rank)
         ds = _RankPass(self, plan, pass_, rank, steps, per_rank, start_step)
+        for shard, _, _ in plan.segments(rank * steps * per_rank, (rank + 1) * steps * per_rank):
+            if not self.urls[shard].startswith("hf:") and (local := local_path(self.urls[shard])) is not None:
+                shard_layout(local)  # once per process; forked workers inherit it and seek past rejected samples
         workers = self.opts.num_workers if steps - start_step > 0 else 0
         if workers:
             _stop_tqdm_monitor()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from swift_scale.data.decode import read_npy
 from swift_scale.data.hf import is_hf, open_hf
 from swift_scale.data.shards import DataError, raw_samples
 from swift_scale.rng import stream_id, uniform01
@@ -39,8 +40,6 @@ def is_token_shards(ref: str) -> bool:
 
 def load_token_shards(index, seq_len: int, field: str = "data") -> np.ndarray:
     """Packed sequences int64 [N, seq_len] from token shards, in shard-table order (row = global id)."""
-    import io
-
     rows = []
     for url, count in zip(index.urls, index.counts):
         n = 0
@@ -48,7 +47,7 @@ def load_token_shards(index, seq_len: int, field: str = "data") -> np.ndarray:
             if "tokens.npy" not in sample:
                 raise DataError(f"{url}: sample {sample.get('__key__')!r} has no tokens.npy; write token shards "
                                 "with swift_scale.data.writers.write_token_shards")
-            seq = np.load(io.BytesIO(sample["tokens.npy"]))
+            seq = read_npy(sample["tokens.npy"])
             if seq.shape != (seq_len,):
                 raise DataError(f"{url}: sample {sample.get('__key__')!r} has {seq.shape[0]} tokens, "
                                 f"data.seq_len={seq_len}; set data.seq_len to the shards' length")

@@ -17,7 +17,6 @@ noise by sequence or by document.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swift_scale.data.decode import BadSample, DataError
+from swift_scale.data.decode import BadSample, DataError, read_npy
 from swift_scale.data.shards import ShardIndex
 from swift_scale.data.stream import StreamingSplit, StreamOptions, batches_after
 from swift_scale.rng import stream_id, uniform01
@@ -373,7 +372,7 @@ def decode_tokens(sample: dict, key: str, seq_len: int, vocab_size: int) -> np.n
         have = sorted(k for k in sample if not str(k).startswith("__"))
         raise BadSample(f"lacks field {key!r} (has {have}); write token shards with write_token_shards")
     try:
-        arr = np.load(io.BytesIO(sample[key]), allow_pickle=False)
+        arr = read_npy(sample[key])
     except Exception as e:  # noqa: BLE001 - any unreadable payload is a bad sample
         raise BadSample(f"{key} cannot be read as .npy ({type(e).__name__})") from None
     if arr.dtype.kind not in "iu":

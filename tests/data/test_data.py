@@ -121,6 +121,77 @@ def test_header_reader_matches_webdataset(tmp_path, fmt):
     assert [p for p, _ in tar_samples(path, lambda pos: None if pos == 4 else True)] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_fixed_size_samples_are_read_by_stride(tmp_path, fmt):
+    """After one whole scan, a tar whose samples all take the same bytes is read by seeking straight to the
+    samples wanted: the same samples as a scan, and a rejected sample's header is never read again."""
+    import os
+
+    from swift_scale.data import shards
+
+    deep = "d" * 60 + "/" + "e" * 60  # long names: each sample is a pax / GNU name record + two members
+    members = []
+    for i in range(9):
+        members += [(f"{deep}/s{i:03d}.tokens.npy", bytes([i]) * 300), (f"{deep}/s{i:03d}.cls", b"%d" % i)]
+    path = str(tmp_path / "fixed.tar")
+    _tar_with(path, members, fmt)
+    scanned = [s for _, s in shards.tar_samples(path)]  # the whole scan records the stride
+    layout = shards._STRIDES[shards._file_key(path)]
+    assert layout is not None and layout.count == 9
+    assert [s for _, s in shards.tar_samples(path)] == scanned
+    odd = list(shards.tar_samples(path, lambda pos: pos % 2 == 1))
+    assert [p for p, _ in odd] == [1, 3, 5, 7] and [s for _, s in odd] == scanned[1::2]
+    assert [p for p, _ in shards.tar_samples(path, lambda pos: None if pos == 3 else pos > 0)] == [1, 2]
+
+    stat = os.stat(path)
+    with open(path, "r+b") as f:  # break sample 2's first header, keeping size and mtime
+        f.seek(layout.first + 2 * layout.stride + 148)
+        f.write(b"9999999\0")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert [s for _, s in shards.tar_samples(path, lambda pos: pos % 2 == 1)] == scanned[1::2]
+    with pytest.raises(DataError, match="fixed.tar: corrupt or truncated tar"):
+        list(shards.tar_samples(path, lambda pos: pos == 2))
+    shards._STRIDES.clear()  # a new process scans again and sees the damage
+    with pytest.raises(DataError, match="fixed.tar: corrupt or truncated tar"):
+        list(shards.tar_samples(path, lambda pos: pos % 2 == 1))
+
+
+def test_stride_is_only_kept_for_fixed_size_samples_of_the_same_file(tmp_path):
+    from swift_scale.data import shards
+
+    path = str(tmp_path / "v.tar")
+    _tar_with(path, [(f"s{i}.bin", b"x" * (100 + 600 * (i == 2))) for i in range(4)], tarfile.PAX_FORMAT)
+    assert len(list(shards.tar_samples(path))) == 4
+    before = shards._file_key(path)
+    assert shards._STRIDES[before] is None  # sample 2 is longer: scanned every time
+    assert [p for p, _ in shards.tar_samples(path, lambda pos: pos >= 2)] == [2, 3]
+    _tar_with(path, [(f"t{i}.bin", b"y" * 100) for i in range(5)], tarfile.PAX_FORMAT)  # rewritten: new layout
+    got = list(shards.tar_samples(path))
+    assert [s["__key__"] for _, s in got] == [f"t{i}" for i in range(5)]
+    assert shards._STRIDES[before] is None and shards._STRIDES[shards._file_key(path)].count == 5
+
+
+@pytest.mark.parametrize("arr", [np.arange(7, dtype=np.uint16), np.arange(12, dtype=">i4").reshape(3, 4),
+                                 np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.zeros((0, 3), np.int8),
+                                 np.array(5, np.int64)])
+def test_read_npy_matches_np_load(arr):
+    from swift_scale.data.decode import read_npy
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    got = read_npy(buf.getvalue())
+    ref = np.load(io.BytesIO(buf.getvalue()), allow_pickle=False)
+    assert got.dtype == ref.dtype and got.shape == ref.shape and np.array_equal(got, ref)
+    with pytest.raises(ValueError):
+        read_npy(buf.getvalue()[:-1] if arr.size else buf.getvalue() + b"x")
+    obj = io.BytesIO()
+    np.save(obj, np.array([1, "a"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="object"):
+        read_npy(obj.getvalue())
+    with pytest.raises(ValueError, match="not a .npy"):
+        read_npy(b"PK\x03\x04" + bytes(20))
+
+
 def test_header_reader_rejects_corrupt_headers(tmp_path):
     from swift_scale.data.shards import build_index
 

@@ -1,6 +1,6 @@
 """Benchmark (issue 17): language models streamed from token shards — throughput and memory.
 
-    python tools/bench/lm_stream.py [--text data/kjv-small/train.txt] [--copies 4] [--seq-len 128]
+    python tools/bench/lm_stream.py [--text data/kjv-small/train.txt] [--copies 16] [--seq-len 128]
         [--parts throughput features rss big] [--out runs/bench/lm_stream]
 
 The corpus is ``--text`` tokenized with a 2048-token BPE and written as token shards (``--copies`` copies of
@@ -8,7 +8,8 @@ it, 4 shards per copy). One JSON object per result:
 
 1. ``throughput``: tokens/s delivered by the training stream (:class:`TokenStreamingSplit`, the
    ``data.mode=streaming`` path) keeping half the sequences ∝ p (decided from the global id before the sample is
-   read) vs a uniform pass over the same shards (goal ≥ 0.95×), 0 and 2 DataLoader workers.
+   read) vs a uniform pass over the same shards (goal ≥ 0.95×), 0 and 2 DataLoader workers. A pass forks its
+   workers afresh, so the stream must be long enough (``--copies``) for that fixed cost not to dominate.
 2. ``features``: the LM features pass (``extract_features``: loss, rarity, gradient proxy per sequence, written
    to the memory-mapped store) vs a bare ``torch.no_grad`` forward over the same stream and model (goal ≥ 0.9×).
 3. ``rss``: peak RSS of the largest process of a whole ``swift-scale run`` on 2 processes (torchrun), streaming
@@ -196,7 +197,7 @@ def _peak_rss(cmd) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text", default=str(ROOT / "data" / "kjv-small" / "train.txt"))
-    ap.add_argument("--copies", type=int, default=4)
+    ap.add_argument("--copies", type=int, default=16, help="copies of the text in the throughput stream")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--big-mb", type=float, default=1500.0, help="size of the token shards of the 'big' part")
     ap.add_argument("--parts", nargs="+", default=["throughput", "features", "rss", "big"])
