@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,11 @@ def _propose(conn, settings: dict) -> None:  # the helper process's loop (module
     import torch
 
     torch.set_num_threads(1)
+    with warnings.catch_warnings():  # import BoTorch now (seconds of CPU), while the first rounds train
+        warnings.simplefilter("ignore")
+        import botorch.acquisition  # noqa: F401
+        import botorch.fit  # noqa: F401
+        import botorch.optim  # noqa: F401
     engine = SearchEngine(None, **settings)
     while True:
         try:
@@ -95,11 +101,11 @@ class Proposer:
         lo = max(0, start - self.slots)
         return lo, [np.asarray(r["params"]) for r in self.engine.history[lo:start]]
 
-    def submit(self, start: int, q: int, running: Sequence[Trial] | None = None) -> None:
-        """Start computing the round of trials start … start+q−1 while the round ``running`` trains."""
-        if not self.overlap or not self._needs_gp(start, q):
-            return
-        if self._proc is None:
+    def prepare(self, trials: int) -> None:
+        """Start the helper at the start of the search when a later round will need the GP, so its start-up
+        (a process spawn and BoTorch's import) overlaps the first rounds instead of delaying the first GP round."""
+        if self.overlap and self._proc is None and self._needs_gp(self.engine.num_trials,
+                                                                  trials - self.engine.num_trials):
             import multiprocessing
 
             ctx = multiprocessing.get_context("spawn")
@@ -108,6 +114,12 @@ class Proposer:
                                      name="swift-scale-proposals")
             self._proc.start()
             child.close()
+
+    def submit(self, start: int, q: int, running: Sequence[Trial] | None = None) -> None:
+        """Start computing the round of trials start … start+q−1 while the round ``running`` trains."""
+        if not self.overlap or not self._needs_gp(start, q):
+            return
+        self.prepare(start + q)
         observed, pending = self._inputs(start, running)
         self._conn.send((self.engine.history[:observed], observed, pending, q))
         self._waiting = (start, q)
@@ -147,6 +159,8 @@ def run_search(engine: SearchEngine, trials: int,
     main = accelerator.is_main_process
     engine.drop_last(partial_round(engine.history, slots, trials), persist=main)
     proposer = Proposer(engine, slots, overlap) if main else None
+    if proposer is not None:
+        proposer.prepare(trials)
     bar = tqdm(total=trials, initial=engine.num_trials, desc="search", unit="trial", dynamic_ncols=True,
                disable=None if (progress and main) else True)
     try:
