@@ -135,7 +135,7 @@ def rss(args, out: Path) -> None:
         for c in range(copies):
             if not (d / f"part{c:03d}.txt").exists():
                 (d / f"part{c:03d}.txt").write_text(text)
-        run = out / f"run_x{copies}"
+        run = out / (f"run_x{copies}" + (f"_tok{args.tokenizer_sample_mb}" if args.tokenizer_sample_mb != 64 else ""))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "swift_scale.cli", "run", "data.task=lm", "data.mode=streaming",
                f"data.train={d}/part*.txt", f"data.val={Path(args.text).with_name('val.txt')}",
@@ -143,14 +143,14 @@ def rss(args, out: Path) -> None:
                "data.vocab_size=2048", "data.noise_rate=0.3", "model.name=gpt2", "model.kwargs.n_layer=1",
                "model.kwargs.n_embd=32", "model.kwargs.n_head=2", "train.epochs=1", "train.batch_size=64",
                "train.cpu=true", "train.progress=false", "search.trials=2", "search.finetune_epochs=1",
-               f"run.out_dir={run}"]
+               f"data.tokenizer_sample_mb={args.tokenizer_sample_mb}", f"run.out_dir={run}"]
         t0 = time.time()
         peak = _peak_rss(cmd)
         summary = json.loads((run / "summary.json").read_text())
         size = sum(p.stat().st_size for p in Path(f"{run}.tokens").glob("*.tar"))
         emit({"part": "rss", "copies": copies, "text_mb": round(copies * len(text) / 1e6, 2),
               "token_shards_mb": round(size / 1e6, 2), "train_sequences": summary["num_train"],
-              "peak_rss_mb": round(peak / 1e6, 1), "seconds": round(time.time() - t0, 1), "processes": 2})
+              "tokenizer_sample_mb": args.tokenizer_sample_mb, "peak_rss_mb": round(peak / 1e6, 1), "seconds": round(time.time() - t0, 1), "processes": 2})
 
 
 def big(args, out: Path) -> None:
@@ -197,6 +197,8 @@ def _peak_rss(cmd) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text", default=str(ROOT / "data" / "kjv-small" / "train.txt"))
+    ap.add_argument("--tokenizer-sample-mb", type=int, default=64,
+                    help="rss: data.tokenizer_sample_mb of the runs (1 keeps the BPE's training text the same size)")
     ap.add_argument("--copies", type=int, default=16, help="copies of the text in the throughput stream")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--big-mb", type=float, default=1500.0, help="size of the token shards of the 'big' part")

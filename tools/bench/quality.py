@@ -45,11 +45,28 @@ def sampler_stats(pipe) -> dict:
     from swift_scale.sampler.swift import SwiftSampler
 
     noisy = pipe.data.noisy_ids
-    p = SwiftSampler.load(pipe.dir / "sampler.json").probs(pipe.train_features())
+    sampler, feats = SwiftSampler.load(pipe.dir / "sampler.json"), pipe.train_features()
+    p = sampler.probs(feats)
     out = {"share_below_0.1x": round(float(np.mean(p * len(p) < 0.1)), 3)}
     if len(noisy):
         out.update(auroc=round(noise_auroc(p, noisy), 3), noisy_draw_share=round(float(p[noisy].sum()), 3))
+        out.update(ranking_auroc(sampler.score(feats), p, noisy))
     return out
+
+
+def ranking_auroc(score: np.ndarray, p: np.ndarray, noisy: np.ndarray) -> dict:
+    """How well the sampler's aggregated score s (what φ is applied to) ranks the noisy examples, oriented as φ
+    is (s against p), and the best AUROC any step φ on s could reach (a step ties every example on each side, so
+    its AUROC is its balanced accuracy ½(1 + TPR − FPR)): why a sharp φ caps the AUROC of 1 − p."""
+    from swift_scale.report.metrics import noise_auroc
+
+    sign = -1.0 if np.corrcoef(score, p)[0, 1] < 0 else 1.0
+    s = sign * np.asarray(score, np.float64)  # low s ↔ low p
+    flagged = np.zeros(len(s), bool)
+    flagged[noisy] = True
+    steps = [0.5 * (1 + (s[flagged] <= t).mean() - (s[~flagged] <= t).mean())
+             for t in np.quantile(s, np.linspace(0.01, 0.99, 99))]
+    return {"score_auroc": round(noise_auroc(s, noisy), 3), "best_step_auroc": round(float(max(steps)), 3)}
 
 
 def run_seed(args, seed: int) -> list[dict]:

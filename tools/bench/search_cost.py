@@ -1,12 +1,15 @@
 """Benchmark: what the sampler search costs, against one baseline training, and what it finds.
 
     python tools/bench/search_cost.py --config CONFIG [--seeds 0 1 2] [--out runs/bench/search_cost]
-        --variant NAME:PROCS[:key=value,key=value...] [--variant ...] [--plot FILE.png] [--table FILE.jsonl]
+        --variant NAME:PROCS[xTHREADS][:key=value,key=value...] [--variant ...] [--plot FILE.png] [--table FILE.jsonl]
 
 For every seed the first variant runs the whole pipeline (``swift-scale run``, one process unless PROCS > 1);
 every other variant copies that run folder's pretraining and features and redoes the search and the final
 training with its own overrides on PROCS processes (``torchrun --standalone --nproc_per_node PROCS``), so all
-variants search from the same start checkpoint and features. One JSON line per (variant, seed):
+variants search from the same start checkpoint and features. ``xTHREADS`` sets ``OMP_NUM_THREADS`` for the
+variant's processes (torchrun gives each of several processes 1 thread; a single process otherwise uses every
+core): ``1x1`` against ``2`` measures how trials per second scale with processes at equal threads per process, as
+one device per process would. One JSON line per (variant, seed):
 
 - ``search_s`` / ``pretrain_s``: wall time of the search and of the uniform pretraining (the baseline training
   of the first variant's run), and their ratio;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,7 +48,8 @@ def parse_variant(text: str) -> dict:
             joined[-1] += "," + o
         else:
             joined.append(o)
-    return {"name": name, "procs": int(procs), "overrides": joined}
+    procs, _, threads = procs.partition("x")
+    return {"name": name, "procs": int(procs), "threads": int(threads) if threads else None, "overrides": joined}
 
 
 def run_variant(args, variant: dict, seed: int, base: Path | None) -> Path:
@@ -62,7 +67,8 @@ def run_variant(args, variant: dict, seed: int, base: Path | None) -> Path:
     overrides = [f"run.out_dir={out}", f"seed={seed}", "train.progress=false", *args.overrides,
                  *variant["overrides"], *(["run.allow_changed_config=true"] if base is not None else [])]
     cmd = [sys.executable, *launcher, "-m", "swift_scale.cli", "run", "--config", args.config, *overrides]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(variant["threads"])} if variant["threads"] else {})}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         sys.exit(f"{variant['name']} seed {seed} failed:\n{res.stderr[-3000:]}")
     return out
