@@ -217,3 +217,22 @@ def test_rungs_count_epochs_also_when_a_streamed_epoch_is_several_passes(passes_
     res = search.trial(Trial(0, np.zeros(10), "test"), state0={})
     assert res.error is None and res.rungs == {1: 0.5, 2: 0.5}
     assert scored_after == [passes_per_epoch, 2 * passes_per_epoch, 3 * passes_per_epoch]  # rungs, then the end
+
+
+def test_the_helper_starts_with_the_search_only_when_a_round_will_need_the_gp():
+    """The helper's start-up (a spawn and BoTorch's import) overlaps the first rounds: it is started by
+    ``prepare`` at the search's start when some later trial is a GP proposal, and never for searches made only of
+    fixed points, random search, or without overlap."""
+    fixed = _engine()  # uniform + 3 Sobol points: trials 0-3 fixed, the GP from trial 4
+    helper = Proposer(fixed, slots=1, overlap=True)
+    try:
+        helper.prepare(4)
+        assert helper._proc is None
+        helper.prepare(6)
+        assert helper._proc is not None and helper._proc.is_alive()
+    finally:
+        helper.close()
+    for engine, overlap in ((_engine(strategy="random"), True), (_engine(), False)):
+        p = Proposer(engine, slots=1, overlap=overlap)
+        p.prepare(40)
+        assert p._proc is None
