@@ -92,14 +92,15 @@ _EMPTY_BLOCK = bytes(512)
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset.tariterators.tar_file_iterator's skip_meta
 
 
-def _members(f, path: str, start: int = 0, stop: int | None = None):
+def _members(f, path: str, start: int = 0, stop: int | None = None, end: int | None = None):
     """(name, data offset, size, chain start, next header) of every regular file of the open tar ``f`` from the
     header at byte ``start`` until the end-of-archive block (or byte ``stop``), from the 512-byte headers alone.
-    ``chain start`` is where the member's headers begin (its GNU long name / pax record, if any)."""
+    ``chain start`` is where the member's headers begin (its GNU long name / pax record, if any); ``end`` is the
+    file's size (looked up when not given)."""
     def corrupt(why: str):
         return DataError(f"{path}: corrupt or truncated tar ({why}); rewrite this shard")
 
-    end = os.fstat(f.fileno()).st_size
+    end = os.fstat(f.fileno()).st_size if end is None else end
     pos, long_name, chain = start, None, start
     while stop is None or pos < stop:
         f.seek(pos)
@@ -235,13 +236,14 @@ def tar_samples(path: str, want=None):
 
 
 def _strided(f, path: str, layout: _Stride, want):
+    size = os.fstat(f.fileno()).st_size  # once, not per sample read
     for pos in range(layout.count):
         take = True if want is None else want(pos)
         if take is None:
             return
         if take:
             at = layout.first + pos * layout.stride
-            found = list(_grouped(_members(f, path, at, at + layout.stride)))
+            found = list(_grouped(_members(f, path, at, at + layout.stride, size)))
             if len(found) != 1 or found[0][2] != at:
                 raise DataError(f"{path}: sample {pos} is not where the shard's first scan put it; the shard "
                                 "changed while being read — rewrite it or restart")

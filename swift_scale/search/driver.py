@@ -104,22 +104,27 @@ class Proposer:
     def prepare(self, trials: int) -> None:
         """Start the helper at the start of the search when a later round will need the GP, so its start-up
         (a process spawn and BoTorch's import) overlaps the first rounds instead of delaying the first GP round."""
-        if self.overlap and self._proc is None and self._needs_gp(self.engine.num_trials,
-                                                                  trials - self.engine.num_trials):
-            import multiprocessing
+        if self.overlap and self._needs_gp(self.engine.num_trials, trials - self.engine.num_trials):
+            self._spawn()
 
-            ctx = multiprocessing.get_context("spawn")
-            self._conn, child = ctx.Pipe()
-            self._proc = ctx.Process(target=_propose, args=(child, self.engine.settings()), daemon=True,
-                                     name="swift-scale-proposals")
-            self._proc.start()
-            child.close()
+    def _spawn(self) -> None:
+        """Start the helper process (once)."""
+        if self._proc is not None:
+            return
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_propose, args=(child, self.engine.settings()), daemon=True,
+                                 name="swift-scale-proposals")
+        self._proc.start()
+        child.close()
 
     def submit(self, start: int, q: int, running: Sequence[Trial] | None = None) -> None:
         """Start computing the round of trials start … start+q−1 while the round ``running`` trains."""
         if not self.overlap or not self._needs_gp(start, q):
             return
-        self.prepare(start + q)
+        self._spawn()
         observed, pending = self._inputs(start, running)
         self._conn.send((self.engine.history[:observed], observed, pending, q))
         self._waiting = (start, q)
