@@ -143,6 +143,10 @@ class FeaturesConfig:
     """Record training dynamics as pretraining's batches go by (no extra pass): each example's mean training
     loss (``dyn_loss``), area under the margin (``aum``) and misclassified fraction (``wrong_frac``), stored as
     features beside θ0's."""
+    dynamics_until: str = "last"
+    """The pretraining epochs the dynamics average over: up to the ``last`` epoch (the whole run), up to the
+    ``best`` val epoch (plain early stopping: before uniform training memorises the noisy labels), or up to an
+    epoch number."""
 
 
 @dataclass
@@ -321,7 +325,8 @@ class Config:
              "num_restarts and raw_samples must be >= 1")
         need(0 <= self.search.theta0_epoch <= self.train.epochs, "search.theta0_epoch",
              f"must be in [0, train.epochs={self.train.epochs}]")
-        for key, value in (("features.epoch", self.features.epoch), ("search.start_epoch", self.search.start_epoch)):
+        for key, value in (("features.epoch", self.features.epoch), ("search.start_epoch", self.search.start_epoch),
+                           ("features.dynamics_until", self.features.dynamics_until)):
             need(value in ("best", "last") or (value.isdigit() and 1 <= int(value) <= self.train.epochs), key,
                  f"must be best, last or an epoch in [1, train.epochs={self.train.epochs}], got {value!r}")
         need(self.search.acquisition in ("logei", "qlognei", "ucb"), "search.acquisition",

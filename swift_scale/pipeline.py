@@ -143,7 +143,8 @@ class Pipeline:
                 self.folder.publish_pretrain_weights(metrics)
 
         recorder = DynamicsRecorder(self.dir / "pretrain" / "dynamics", len(self.data.train),
-                                    self.acc.process_index) if self.cfg.features.dynamics else None
+                                    self.acc.process_index, keep=self.folder.dynamics_keep) \
+            if self.cfg.features.dynamics else None
         return self.trainer.train_to(self.dir / "pretrain", None, desc="pretrain", hook=save_epoch,
                                      recorder=recorder, keep_last=True, before_commit=publish)
 
@@ -155,8 +156,10 @@ class Pipeline:
         model = self.acc.prepare(self.new_model(self.theta0()))
         idx, f = self.data.index["train"], self.cfg.features
         dyn = self.dir / "pretrain" / "dynamics"
-        extra = dynamics_features(dyn, len(self.data.train), self.cfg.train.epochs, self.acc.num_processes) \
-            if f.dynamics and dyn.exists() else None
+        extra = None
+        if f.dynamics and dyn.exists():
+            until = self.folder.dynamics_epoch(self.folder.read_json("pretrain/metrics.json"))
+            extra = dynamics_features(dyn, len(self.data.train), until, self.acc.num_processes)
         store = extract_features(self.acc, model, self.data.train, store_dir, idx.offsets, idx.counts, self.task,
                                  extra=extra, batch_size=f.batch_size, quantile_points=f.quantile_points,
                                  progress=self.cfg.train.progress)

@@ -181,6 +181,24 @@ class RunFolder:
             return int(metrics["best"]["epoch"])
         return self.cfg.train.epochs if choice == "last" else int(choice)
 
+    def dynamics_epoch(self, metrics: dict) -> int:
+        """The epoch the training dynamics average up to (``features.dynamics_until``) in a finished pretraining."""
+        until = self.cfg.features.dynamics_until
+        if until == "best":
+            return int(metrics["best"]["epoch"])
+        return self.cfg.train.epochs if until == "last" else int(until)
+
+    def dynamics_keep(self) -> list[int]:
+        """The epochs whose dynamics a running pretraining keeps: its best-val epoch so far (read from
+        ``pretrain/best.json``, which the epoch's scoring writes before its checkpoint; kept whatever
+        ``features.dynamics_until`` says, so the choice can change on a finished pretraining) and a fixed epoch."""
+        until = self.cfg.features.dynamics_until
+        keep = [int(until)] if until.isdigit() else []
+        record = self.path("pretrain/best.json")
+        if record.exists():
+            keep.append(int(read_json(record, f"delete {record.parent} to redo the pretraining")["epoch"]))
+        return keep
+
     def fixed_pretrain_epochs(self) -> set[int]:
         """Epochs whose weights the pretraining must keep as it goes (besides its best-val and last)."""
         choices = (str(self.cfg.search.theta0_epoch),) if self.cfg.search.theta0_epoch else (

@@ -76,6 +76,21 @@ def test_store_holds_the_training_dynamics(finished):
     assert set(meta["quantiles"]) == set(meta["feature_names"])
 
 
+def test_dynamics_until_the_best_val_epoch(digits_shards, tmp_path):
+    from swift_scale.features.dynamics import dynamics_features
+
+    out = tmp_path / "r"
+    pipe = _pipe(digits_shards, out, "features.dynamics_until=best", "train.epochs=4")
+    pipe.run(until="features")
+    store = pipe.features()
+    pipe.acc.end_training()
+    best = json.loads((out / "pretrain" / "metrics.json").read_text())["best"]["epoch"]
+    kept = sorted(int(p.name[11:17]) for p in (out / "pretrain" / "dynamics").iterdir())
+    assert kept == sorted({best, 4})
+    expect = dynamics_features(out / "pretrain" / "dynamics", store.num_examples, best, 1)
+    np.testing.assert_array_equal(np.asarray(store.column("dyn_loss")), expect["dyn_loss"])
+
+
 @pytest.mark.parametrize("mode,epochs", [("finetune", 3), ("best_trial", 1)])
 def test_final_modes(finished, tmp_path, mode, epochs, digits_shards):
     import shutil

@@ -12,11 +12,17 @@ and the features are the sums over rank files. Integer addition is exact and com
 bit-identical for any world size and any order of visits, given the same per-visit values. The accumulators are
 saved with every training checkpoint under the checkpoint's (epoch, step), so a resumed pretraining neither
 loses nor double-counts a visit.
+
+Early stopping: the sums at the end of every epoch ``keep()`` names (the pretraining's best-val epoch so far) are
+kept besides the latest, so the features can be averaged over the epochs *before* uniform training memorised
+the noisy labels (``features.dynamics_until=best``) instead of over the whole run, whose late epochs (every
+label fitted, losses near 0) dilute the signal.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +43,12 @@ class DynamicsRecorder:
         root: a folder shared by the ranks (the run's ``pretrain/dynamics``).
         num_examples: N, the training split's size (global ids in [0, N)).
         rank: this process's rank.
+        keep: the epochs whose end-of-epoch sums must survive pruning (read at each prune, on every rank).
     """
 
-    def __init__(self, root: str | os.PathLike, num_examples: int, rank: int = 0):
-        self.root, self.n, self.rank = Path(root), int(num_examples), rank
+    def __init__(self, root: str | os.PathLike, num_examples: int, rank: int = 0,
+                 keep: Callable[[], Iterable[int]] | None = None):
+        self.root, self.n, self.rank, self.keep = Path(root), int(num_examples), rank, keep
         self.acc = np.zeros((self.n, 4), dtype=np.int64)  # Σ loss, Σ margin (fixed point), Σ wrong, visits
 
     # -- recording ------------------------------------------------------------------------------------------
@@ -81,10 +89,10 @@ class DynamicsRecorder:
         self.acc = acc
 
     def prune(self, epoch: int, step: int) -> None:
-        """Delete this rank's snapshots older than the committed (epoch, step)."""
-        keep = self._file(epoch, step).name
+        """Delete this rank's snapshots older than the committed (epoch, step), except those ``keep()`` names."""
+        keep = {self._file(epoch, step).name, *(self._file(e, 0).name for e in (self.keep() if self.keep else ()))}
         for p in self.root.glob(f"rank{self.rank:05d}-e*.npy"):
-            if p.name != keep:
+            if p.name not in keep:
                 p.unlink(missing_ok=True)
 
 
@@ -93,7 +101,11 @@ def dynamics_features(root: str | os.PathLike, num_examples: int, epoch: int, wo
     root = Path(root)
     total = np.zeros((num_examples, 4), dtype=np.int64)
     for rank in range(world):
-        total += np.load(root / f"rank{rank:05d}-e{epoch:06d}-s{0:09d}.npy")
+        path = root / f"rank{rank:05d}-e{epoch:06d}-s{0:09d}.npy"
+        if not path.exists():
+            raise ValueError(f"{path}: the training dynamics after epoch {epoch} were not kept (a pretraining from "
+                             f"before features.dynamics_until); delete {root.parent} to redo the pretraining")
+        total += np.load(path)
     visits = np.maximum(total[:, 3], 1).astype(np.float64)
     return {"dyn_loss": (total[:, 0] / _SCALE / visits).astype(np.float32),
             "aum": (total[:, 1] / _SCALE / visits).astype(np.float32),

@@ -38,12 +38,12 @@ class Stop(Exception):
     pass
 
 
-def _pretrain(tmp_path, ckpt, stop_after=None):
+def _pretrain(tmp_path, ckpt, stop_after=None, keep=None):
     rng = np.random.default_rng(0)
     data = Split(torch.from_numpy(rng.integers(0, 255, (96, 1, 8, 8), dtype=np.uint8)),
                  torch.from_numpy(rng.integers(0, 3, 96)))
     torch.manual_seed(0)
-    rec = DynamicsRecorder(ckpt / "dyn", 96, 0)
+    rec = DynamicsRecorder(ckpt / "dyn", 96, 0, keep=keep)
 
     def on_epoch(epoch, _m):
         if stop_after is not None and epoch > stop_after:
@@ -66,3 +66,19 @@ def test_resumed_pretraining_records_each_visit_once(tmp_path):
         assert full[k].tobytes() == resumed[k].tobytes()
     counts = np.load(tmp_path / "full" / "dyn" / "rank00000-e000003-s000000000.npy")[:, 3]
     assert counts.sum() == 3 * 96
+
+
+def test_the_kept_epochs_sums_survive_pruning_and_a_resume(tmp_path):
+    full = _pretrain(tmp_path, tmp_path / "full", keep=lambda: [1])
+    with pytest.raises(Stop):
+        _pretrain(tmp_path, tmp_path / "cut", stop_after=1, keep=lambda: [1])
+    _pretrain(tmp_path, tmp_path / "cut", keep=lambda: [1])
+    names = sorted(p.name for p in (tmp_path / "full" / "dyn").iterdir())
+    assert names == ["rank00000-e000001-s000000000.npy", "rank00000-e000003-s000000000.npy"]
+    early = [dynamics_features(tmp_path / run / "dyn", 96, 1, 1) for run in ("full", "cut")]
+    for k in full:
+        assert early[0][k].tobytes() == early[1][k].tobytes()
+        assert early[0][k].tobytes() != full[k].tobytes()  # epoch 1 alone, not the whole run
+    assert np.load(tmp_path / "full" / "dyn" / "rank00000-e000001-s000000000.npy")[:, 3].sum() == 96
+    with pytest.raises(ValueError, match="after epoch 2 were not kept"):
+        dynamics_features(tmp_path / "full" / "dyn", 96, 2, 1)

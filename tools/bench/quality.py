@@ -79,11 +79,13 @@ def run_seed(args, seed: int) -> list[dict]:
         src = Path(args.out) / args.reuse / f"seed{seed}"
         if not (src / "features" / "meta.json").exists():
             sys.exit(f"--reuse {args.reuse}: {src} has no finished features phase")
+        redo = ("features",) if any(o.startswith("features.") for o in args.overrides) else ()  # its config changed
         shutil.copytree(src, out, ignore=shutil.ignore_patterns("search", "sampler.json", "final", "report", "rules",
-                                                                 "summary.json", "*_final_*"))
+                                                                 "summary.json", "*_final_*", *redo))
         timings = json.loads((out / "seconds.json").read_text())  # only the copied phases' times stay
         (out / "seconds.json").write_text(json.dumps({k: v for k, v in timings.items()
-                                                      if k in ("index", "pretrain", "features")}))
+                                                      if k in ("index", "pretrain", "features")
+                                                      and k not in redo}))
     if args.reuse:
         overrides.append("run.allow_changed_config=true")
     cfg = load_config(args.config, overrides)
@@ -176,7 +178,7 @@ def main() -> None:
     ap.add_argument("--final-modes", nargs="*", default=[])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--reuse", metavar="NAME", help="copy the pretraining and features of run NAME's seeds (the "
-                    "overrides must not change them: e.g. sampler.* or search.* only)")
+                    "overrides must not change the pretraining; with features.* overrides the features are redone)")
     ap.add_argument("--table", nargs="+", metavar="JSONL")
     # key=value overrides may stand anywhere (also after --seeds, whose nargs would otherwise swallow them)
     argv = sys.argv[1:]
