@@ -177,16 +177,17 @@ class RunFolder:
         """The epoch ``best`` / ``last`` / a number names in a finished pretraining."""
         if self.cfg.search.theta0_epoch:
             return self.cfg.search.theta0_epoch
+        return self._named_epoch(choice, metrics)
+
+    def _named_epoch(self, choice: str, metrics: dict) -> int:
         if choice == "best":
             return int(metrics["best"]["epoch"])
         return self.cfg.train.epochs if choice == "last" else int(choice)
 
     def dynamics_epoch(self, metrics: dict) -> int:
-        """The epoch the training dynamics average up to (``features.dynamics_until``) in a finished pretraining."""
-        until = self.cfg.features.dynamics_until
-        if until == "best":
-            return int(metrics["best"]["epoch"])
-        return self.cfg.train.epochs if until == "last" else int(until)
+        """The epoch the training dynamics average up to (``features.dynamics_until``) in a finished pretraining
+        (``search.theta0_epoch`` does not override it: it picks weights, not the dynamics)."""
+        return self._named_epoch(self.cfg.features.dynamics_until, metrics)
 
     def dynamics_keep(self) -> list[int]:
         """The epochs whose dynamics a running pretraining keeps: its best-val epoch so far (read from
