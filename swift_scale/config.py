@@ -22,7 +22,17 @@ HF_STREAM_BUILDERS = ("parquet", "arrow", "json", "csv")  # hf:BUILDER:FILES tha
 # sanity bounds: a value beyond these is a typo (train.epochs=10**12), refused before anything runs
 MAX_EPOCHS, MAX_TRIALS, MAX_BATCH = 100_000, 100_000, 1 << 24
 
-__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "config_to_dict", "config_hash"]
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "config_to_dict", "config_hash",
+           "DYNAMICS_FEATURES", "later_round_features"]
+
+#: The training-dynamics features (:mod:`swift_scale.features.dynamics`), named here so configs can be checked.
+DYNAMICS_FEATURES: tuple[str, ...] = ("dyn_loss", "aum", "wrong_frac")
+
+
+def later_round_features(names: list[str]) -> list[str]:
+    """``sampler.features`` in the rounds after the first (``search.rounds``): their features are scored by the
+    previous round's final model, which has no training dynamics, so each dynamics feature becomes its ``loss``."""
+    return ["loss" if n in DYNAMICS_FEATURES else n for n in names]
 
 
 class ConfigError(ValueError):
@@ -206,6 +216,12 @@ class SearchConfig:
     every trial runs ``finetune_epochs``."""
     eta: float = 3.0
     """Successive-halving rate: at a rung, a trial goes on when it is in the top 1/eta (needs eta earlier scores)."""
+    rounds: int = 1
+    """Sampler-learning rounds. Round r > 1 scores the features again with round r − 1's final model (its
+    best-val checkpoint: a model trained under the learned sampler, which has not fitted the examples it
+    starved), searches again on them and trains a new final model, in ``round<r>/`` (a run folder of its own);
+    the round whose final model scores highest on val is the run's product (summary.json ``rounds``). Those
+    features are θ0-style: the dynamics' ``dyn_loss`` / ``aum`` / ``wrong_frac`` become that model's ``loss``."""
     overlap: bool = True
     """Compute the next round's proposals in a helper process while the current round trains, with the running
     trials as pending points, so the GP is off the critical path; false = after each round, from its results."""
@@ -335,6 +351,11 @@ class Config:
              f"each step must drop a fraction in (0, 1), got {self.search.init_steps}")
         need(self.search.select in ("best", "posterior"), "search.select",
              f"must be best or posterior, got {self.search.select!r}")
+        need(self.search.rounds >= 1, "search.rounds", f"must be >= 1, got {self.search.rounds}")
+        need(self.search.rounds == 1 or len(set(later_round_features(self.sampler.features))) == len(
+            self.sampler.features), "search.rounds",
+             f"rounds after the first read θ0-style features, where {self.sampler.features} both become 'loss'; "
+             "give sampler.features at most one of dyn_loss, aum, wrong_frac")
         need(self.train.final_mode in ("scratch", "finetune", "best_trial"), "train.final_mode",
              f"must be scratch, finetune or best_trial, got {self.train.final_mode!r}")
         need(self.train.final_checkpoint in ("best_val", "last"), "train.final_checkpoint",

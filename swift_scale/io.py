@@ -40,6 +40,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str 
     fsync_dir(path.parent)
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Publish ``src`` at ``dst`` atomically: a hard link where the filesystem allows (no copy of a large
+    checkpoint), else a copy."""
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), "w")
 

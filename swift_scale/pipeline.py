@@ -7,6 +7,7 @@ finished phases and continues unfinished ones (epoch checkpoints, finished shard
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from functools import cached_property
@@ -16,12 +17,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from swift_scale.config import Config
+from swift_scale.config import Config, later_round_features
 from swift_scale.data import Data, load_data
 from swift_scale.features.dynamics import DynamicsRecorder, dynamics_features
 from swift_scale.features.extract import extract_features
 from swift_scale.features.store import FeatureStore
-from swift_scale.io import read_jsonl
+from swift_scale.io import link_or_copy, read_jsonl
 from swift_scale.report.progress import announce
 from swift_scale.report.summary import RunFacts, build_summary
 from swift_scale.report.tracking import Tracking, accelerator_for
@@ -222,6 +223,67 @@ class Pipeline:
         self.tracking.log_summary(summary)
         return summary
 
+    # -- later rounds (search.rounds) ----------------------------------------------------------------------
+    def round_pipeline(self, r: int) -> Pipeline:
+        """Round ``r``'s pipeline: the run folder ``round<r>/`` with the same data, accelerator and budgets, whose
+        features are θ0-style (no training dynamics) and whose numbers are logged as ``round<r>/...``."""
+        cfg = copy.deepcopy(self.cfg)
+        cfg.run.out_dir = str(self.dir / f"round{r}")
+        cfg.features.dynamics = False
+        cfg.sampler.features = later_round_features(self.cfg.sampler.features)
+        cfg.search.rounds = 1
+        cfg.train.log_with = ""  # this run's trackers carry its numbers
+        child = Pipeline(cfg, self.acc)
+        child.__dict__["data"] = self.data  # the same examples, index and noise: read once
+        child.log = lambda prefix, values, step: self.log(f"round{r}/{prefix}", values, step)
+        return child
+
+    def _seed_round(self, child: Pipeline, prev: Pipeline) -> None:
+        """Give round ``child`` its pretraining: ``prev``'s final model (best-val checkpoint) as θ0, the trials'
+        start checkpoint and the pretraining's metrics (written last: they mark the phase done)."""
+        child.folder.check()
+        child.folder.check_records()
+        if self.acc.is_main_process:
+            child.folder.create(self.data.records)
+            if not child.folder.has("pretrain/metrics.json"):
+                start = "pretrain/start.pt" if prev.folder.has("pretrain/start.pt") else "pretrain/theta0.pt"
+                link_or_copy(prev.folder.path(start), child.folder.path("pretrain/start.pt"))
+                link_or_copy(prev.folder.path("final/best.pt"), child.folder.path("pretrain/theta0.pt"))
+                child.folder.write_json("pretrain/metrics.json", prev.folder.read_json("pretrain/metrics.json"))
+        self.acc.wait_for_everyone()
+
+    def later_rounds(self, summary: dict) -> dict:
+        """Rounds 2 … ``search.rounds``: each scores the features with the previous round's final model, searches
+        and trains again (:meth:`round_pipeline`); the round whose final model scores highest on val (the first
+        on a tie) becomes the summary's ``swift``; every round's figures are in ``rounds``."""
+        rounds, prev = [{"round": 1, **self._round_figures(summary)}], self
+        summaries = {1: summary}
+        for r in range(2, self.cfg.search.rounds + 1):
+            child = self.round_pipeline(r)
+            self._seed_round(child, prev)
+            for phase, fn in (("features", child.features), ("search", child.search), ("final", child.final)):
+                child._phase(phase, fn)
+            summaries[r] = child.summary()
+            rounds.append({"round": r, **child._round_figures(summaries[r])})
+            prev = child
+        chosen = max(rounds, key=lambda e: (e["val_score"], -e["round"]))["round"]
+        out = {**summary, "rounds": rounds, "chosen_round": chosen}
+        if chosen > 1:
+            best = summaries[chosen]
+            out.update(swift={**best["swift"], "round": chosen, "sampler": f"round{chosen}/sampler.json"},
+                       search=best["search"], noise_detection_auroc=best.get("noise_detection_auroc"))
+        if self.acc.is_main_process:
+            self.folder.write_json("summary.json", out)
+        return out
+
+    def _round_figures(self, summary: dict) -> dict:
+        """This round's line in summary.json ``rounds``: its final model's val score (what chooses the round; at
+        ``train.final_checkpoint``), its headline test figure and its sampler's noise-detection AUROC."""
+        final = self.folder.read_json("final/metrics.json")
+        use = final.get("best") if self.cfg.train.final_checkpoint == "best_val" else None
+        return {"val_score": self.task.score((use or final)["val"]), "value": summary["swift"]["value"],
+                "noise_detection_auroc": summary.get("noise_detection_auroc")}
+
     def _phase(self, phase: str, fn):
         """Run a phase, add its wall time to ``seconds.json`` and print its one-line summary (main process)."""
         t0, out = time.time(), self.folder.timed(phase, fn, self.acc.is_main_process)
@@ -242,6 +304,8 @@ class Pipeline:
             return None
         self._phase("final", lambda: self.final(sampler_path))
         summary = self.summary()
+        if self.cfg.search.rounds > 1 and sampler_path is None:
+            summary = self.folder.timed("rounds", lambda: self.later_rounds(summary), main)
         if stop >= PHASES.index("report") and main:
             from swift_scale.report.writer import write_report
 

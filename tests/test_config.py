@@ -64,6 +64,7 @@ def test_model_kwargs_from_yaml_and_cli(tmp_path):
     ("search.trials=0", "search.trials"),
     ("search.strategy=grid", "search.strategy"),
     ("search.theta0_epoch=99", "search.theta0_epoch"),
+    ("search.rounds=0", "search.rounds"),
     ("sampler.transform=log", "sampler.transform"),
     ("sampler.segments=0", "sampler.segments"),
     ("train.schedule=linear", "train.schedule"),
@@ -79,6 +80,13 @@ def test_invalid_values_name_the_field(override, field):
         load_config(None, ["data.train=a", "data.val=b", "data.test=c", override])
     assert str(e.value).startswith(field)
     assert "\n" not in str(e.value)
+
+
+def test_later_rounds_need_features_that_stay_two():
+    base = ["data.train=a", "data.val=b", "data.test=c", "search.rounds=2"]
+    assert load_config(None, base).search.rounds == 2
+    with pytest.raises(ConfigError, match=r"^search.rounds: .*at most one of dyn_loss"):
+        load_config(None, [*base, "sampler.features=[dyn_loss, aum]"])
 
 
 def test_unknown_key_suggests():

@@ -44,6 +44,20 @@ def test_search_starts_with_uniform_then_the_step_samplers(finished, digits_shar
         assert probs[top].mean() < 0.1 < probs[~top].mean()  # the top q of the mean training loss: (almost) never drawn
 
 
+def test_with_the_margin_first_the_step_first_points_drop_its_low_end(finished, digits_shards):
+    from swift_scale.search.trials import SamplerSearch
+
+    out, _ = finished
+    pipe = _pipe(digits_shards, out, "search.init_steps=[0.2, 0.4]", "sampler.features=[aum, renormed_entropy]")
+    store = pipe.features()
+    feats = pipe.train_features(store)
+    search = SamplerSearch(pipe.cfg, None, store, feats)  # type: ignore[arg-type]
+    for theta, q in zip(search.initial_points()[1:], (0.2, 0.4)):
+        probs = search.sampler(theta).probs(feats) * len(feats["aum"])
+        low = feats["aum"] < np.quantile(feats["aum"], q)
+        assert probs[low].mean() < 0.1 < probs[~low].mean()  # the lowest margins: (almost) never drawn
+
+
 def test_every_training_keeps_its_best_val_checkpoint_and_the_summary_reports_both(finished):
     out, summary = finished
     for phase in ("pretrain", "final"):
@@ -149,3 +163,39 @@ def test_phase_lines_name_the_time_and_the_headline_figure():
     line = phase_line("search", 60.0, {"trial": 0, "score": 0.9666}, "accuracy", history)
     assert line.endswith("4 trials (2 stopped early, 1 failed), chosen trial 0: val 96.66%")
     assert "log-perplexity" in phase_line("search", 1.0, {"trial": 0, "score": -4.5}, "perplexity", history[:1])
+
+
+def test_a_second_round_scores_the_features_with_the_first_final_model(finished, tmp_path, digits_shards):
+    """search.rounds=2 on a finished run: round2/ gets the first final model as θ0 and the same start, searches
+    on θ0-style features, and the summary keeps both rounds and takes the one with the higher final val."""
+    import shutil
+
+    out, first = finished
+    dst = tmp_path / "run"
+    shutil.copytree(out, dst)
+    extra = ("search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3", "search.rounds=2",
+             "run.allow_changed_config=true")
+    pipe = _pipe(digits_shards, dst, *extra)
+    summary = pipe.run(until="final")
+    pipe.acc.end_training()
+    r2 = dst / "round2"
+    for name, src in (("theta0", dst / "final" / "best.pt"), ("start", dst / "pretrain" / "start.pt")):
+        a, b = (torch.load(p, weights_only=True) for p in (r2 / "pretrain" / f"{name}.pt", src))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((r2 / "features" / "meta.json").read_text())
+    assert meta["feature_names"] == ["loss", "renormed_entropy", "grad_proxy"]  # no dynamics in round 2
+    assert SwiftSampler.load(r2 / "sampler.json").feature_names == ("loss", "renormed_entropy")
+    assert len(read_jsonl(r2 / "search" / "history.jsonl")) == 8
+    second = json.loads((r2 / "summary.json").read_text())
+    assert [e["round"] for e in summary["rounds"]] == [1, 2]
+    vals = [json.loads((d / "final" / "metrics.json").read_text())["best"]["val"]["accuracy"] for d in (dst, r2)]
+    assert [e["val_score"] for e in summary["rounds"]] == vals
+    chosen = 1 + int(vals[1] > vals[0])
+    assert summary["chosen_round"] == chosen
+    assert summary["swift"]["value"] == (first, second)[chosen - 1]["swift"]["value"]
+    assert summary["baseline"] == first["baseline"]
+    assert json.loads((dst / "summary.json").read_text())["chosen_round"] == chosen
+    # a rerun reads every round back: nothing is trained again
+    stamp = (r2 / "final" / "metrics.json").stat().st_mtime_ns
+    again = _pipe(digits_shards, dst, *extra).run(until="final")
+    assert again["rounds"] == summary["rounds"] and (r2 / "final" / "metrics.json").stat().st_mtime_ns == stamp

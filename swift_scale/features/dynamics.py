@@ -27,11 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
+from swift_scale.config import DYNAMICS_FEATURES
 from swift_scale.io import atomic_save_npy
 
-__all__ = ["DYNAMICS_FEATURES", "DynamicsRecorder", "dynamics_features"]
+__all__ = ["DYNAMICS_FEATURES", "DynamicsRecorder", "dynamics_features", "suspect_sign"]
 
-DYNAMICS_FEATURES: tuple[str, ...] = ("dyn_loss", "aum", "wrong_frac")
+#: Features whose *low* values mark the examples a model resists (every other feature: the high values).
+LOW_IS_SUSPECT: frozenset[str] = frozenset({"aum"})
+
+
+def suspect_sign(name: str) -> float:
+    """+1 when a feature's high values mark suspect examples (losses, ``wrong_frac``), −1 when its low values do
+    (the margin ``aum``): the weight the step first points put on it, so a step drops the suspect end."""
+    return -1.0 if name in LOW_IS_SUSPECT else 1.0
 _SCALE = float(1 << 20)  # fixed-point units of loss and margin
 _LIMIT = 1e6  # |value| is clipped here so sums of up to 10^5 epochs stay far inside int64
 

@@ -185,21 +185,26 @@ class SwiftSampler:
     @classmethod
     def drop_top(cls, q: float, feature_names, quantiles, features: Mapping[str, np.ndarray],
                  transform: Literal["cgf", "cdf"] = "cgf", segments: int = 4,
-                 grad_feature: str = "grad_proxy") -> SwiftSampler:
+                 grad_feature: str = "grad_proxy", sign: float = 1.0) -> SwiftSampler:
         """The sampler of the family whose φ is a step dropping the top ``q`` of the first feature (weights
         (1, 0); values 1 below the step, 0 above it, a ramp of width 0.02 in T between): with ``loss`` first,
-        the drop-top-loss rule. The search's initial points (``search.init_steps``); needs ``segments`` ≥ 3."""
+        the drop-top-loss rule. ``sign=-1`` puts weight −1 on it instead, so the step drops its *bottom* ``q``
+        (for a feature whose low values are suspect, like the margin). The search's initial points
+        (``search.init_steps``); needs ``segments`` ≥ 3."""
         if segments < 3:
             raise ValueError(f"a step needs at least 3 segments, got {segments}")
+        if sign not in (1.0, -1.0):
+            raise ValueError(f"sign must be +1 or -1, got {sign}")
         s_cut = 1.0 - q
-        base = cls.from_theta(np.concatenate([uniform_theta(segments)[:-2], [1.0, 0.5]]), feature_names, quantiles,
+        w0 = 1.0 if sign > 0 else 0.0  # θ of the first weight: w = 2θ − 1
+        base = cls.from_theta(np.concatenate([uniform_theta(segments)[:-2], [w0, 0.5]]), feature_names, quantiles,
                               transform, grad_feature).fit(features)
         t = s_cut if base.cgf_table is None else float(np.interp(s_cut, np.linspace(0, 1, CGF_BINS + 1),
                                                                  base.cgf_table))
         t = min(max(t, 0.02), 0.97)
         inner = [t - 0.01, t + 0.01, *np.linspace(t + 0.01, 1.0, segments - 1)[1:-1]]
         values = [1.0, 1.0] + [0.0] * (segments - 1)
-        theta = params_to_theta([0.0, *inner, 1.0], values, [1.0, -0.0])
+        theta = params_to_theta([0.0, *inner, 1.0], values, [sign, -0.0])
         return cls.from_theta(theta, feature_names, quantiles, transform, grad_feature).fit(features)
 
     @property

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from swift_scale.config import Config
+from swift_scale.features.dynamics import suspect_sign
 from swift_scale.features.store import FeatureStore
 from swift_scale.sampler.swift import SwiftSampler, num_params, uniform_theta
 from swift_scale.search.driver import TrialResult, best_or_raise, run_search
@@ -54,10 +55,12 @@ class SamplerSearch:
                                        self.cfg.sampler.transform).fit(self.feats)  # type: ignore[arg-type]
 
     def initial_points(self) -> list[np.ndarray]:
-        """Uniform sampling, then the step samplers of ``search.init_steps``."""
+        """Uniform sampling, then the step samplers of ``search.init_steps`` (each drops the suspect end of the
+        first feature: its top, or its bottom for the margin ``aum``)."""
         segments, transform = self.cfg.sampler.segments, self.cfg.sampler.transform
+        sign = suspect_sign(self.names[0])
         steps = [SwiftSampler.drop_top(q, self.names, self.quantiles, self.feats, transform,  # type: ignore[arg-type]
-                                       segments).theta
+                                       segments, sign=sign).theta
                  for q in self.cfg.search.init_steps] if segments >= 3 else []
         return [uniform_theta(segments), *steps]
 

@@ -126,3 +126,22 @@ def test_unfitted_cgf_and_bad_files(tmp_path):
         SwiftSampler.load(tmp_path / "trunc.json")
     with pytest.raises(ValueError, match="theta"):
         theta_to_params(np.full(10, 1.5))
+
+
+@pytest.mark.parametrize("transform", ["cgf", "cdf"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_step_drops_the_top_or_with_sign_minus_the_bottom(transform, sign):
+    feats = _data()
+    q = _quantiles(feats)
+    step = SwiftSampler.drop_top(0.3, NAMES, q, feats, transform, sign=sign)
+    p = step.probs(feats) * len(feats["loss"])
+    f = feats["loss"] if sign > 0 else -feats["loss"]
+    dropped = f > np.quantile(f, 0.7)
+    assert p[dropped].mean() < 0.05 and np.mean(p[~dropped] > 1.3) > 0.97  # kept: ≈ 1/0.7 × uniform
+    assert abs(dropped.mean() - 0.3) < 0.01 and step.weights[0] == sign and step.weights[1] == 0
+
+
+def test_the_margin_is_suspect_at_its_low_end():
+    from swift_scale.features.dynamics import suspect_sign
+
+    assert [suspect_sign(n) for n in ("loss", "dyn_loss", "wrong_frac", "aum")] == [1, 1, 1, -1]

@@ -102,7 +102,13 @@ def run_seed(args, seed: int) -> list[dict]:
              "best_epoch": sw["best_val"]["epoch"], "best_val_val": scale(sw["best_val"][val]),
              "search_best": summary["search"]["best_score"],
              "uniform_trial": summary["search"]["uniform_score"], "optimism": summary["search"].get("optimism"),
-             **sampler_stats(pipe), "seconds": round(sum(summary["seconds"].values()), 1)}]
+             **sampler_stats(pipe if summary.get("chosen_round", 1) == 1 else pipe.round_pipeline(summary["chosen_round"])),
+             "seconds": round(sum(summary["seconds"].values()), 1)}]
+    if "rounds" in summary:  # search.rounds > 1: every round's final val and test, and which one was chosen
+        rows[1].update(chosen_round=summary["chosen_round"],
+                       rounds=[{"round": e["round"], "val": scale(e["val_score"]) if metric == "test_accuracy"
+                                else e["val_score"], "test": scale(e["value"]), "auroc": e["noise_detection_auroc"]}
+                               for e in summary["rounds"]])
     for rule in args.rules:
         spelled = rule.replace("rate", f"{cfg.data.noise_rate:g}")
         if "drop_top_loss" in spelled and cfg.data.noise_rate == 0 and "rate" in rule:
