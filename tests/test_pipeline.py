@@ -176,7 +176,7 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     extra = ("search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3", "search.rounds=2",
              "run.allow_changed_config=true")
     pipe = _pipe(digits_shards, dst, *extra)
-    summary = pipe.run(until="final")
+    summary = pipe.run()
     pipe.acc.end_training()
     r2 = dst / "round2"
     for name, src in (("theta0", dst / "final" / "best.pt"), ("start", dst / "pretrain" / "start.pt")):
@@ -195,6 +195,13 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     assert summary["swift"]["value"] == (first, second)[chosen - 1]["swift"]["value"]
     assert summary["baseline"] == first["baseline"]
     assert json.loads((dst / "summary.json").read_text())["chosen_round"] == chosen
+    report = (dst / "report" / "report.md").read_text()
+    assert "- round 2" in report and f"round {chosen} (kept" in report
+    from swift_scale.cli import _table
+
+    printed = _table(summary).splitlines()  # what `swift-scale run` prints
+    assert [ln.split()[:2] for ln in printed[-2:]] == [["round", "1"], ["round", "2"]]
+    assert "(kept)" in printed[-3 + chosen]
     # a rerun reads every round back: nothing is trained again
     stamp = (r2 / "final" / "metrics.json").stat().st_mtime_ns
     again = _pipe(digits_shards, dst, *extra).run(until="final")

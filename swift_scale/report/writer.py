@@ -124,14 +124,16 @@ def write_report(run_dir: str | Path) -> Path:
     summary = read_json(run_dir / "summary.json", fix) if (run_dir / "summary.json").exists() else {}
     if not isinstance(summary, dict):
         raise FileError(f"{run_dir / 'summary.json'}: not a summary (a JSON object); {fix}")
-    sampler = SwiftSampler.load(run_dir / "sampler.json")
-    store = FeatureStore(run_dir / "features")
+    chosen = summary.get("chosen_round", 1)  # search.rounds > 1: the report shows the round that was kept
+    src = run_dir / f"round{chosen}" if chosen > 1 else run_dir
+    sampler = SwiftSampler.load(src / "sampler.json")
+    store = FeatureStore(src / "features")
     feats = {n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}
     noise = run_dir / "noise.json"
     flipped = np.asarray(read_json(noise, fix)["flipped_ids"], dtype=np.int64) if noise.exists() else None
-    history = read_jsonl(run_dir / "search" / "history.jsonl")
+    history = read_jsonl(src / "search" / "history.jsonl")
     pre = read_json(run_dir / "pretrain" / "metrics.json", fix)
-    fin = read_json(run_dir / "final" / "metrics.json", fix)
+    fin = read_json(src / "final" / "metrics.json", fix)
     plot_heatmap(sampler, feats, flipped, out / PLOTS[0])
     plot_prob_vs_loss(sampler, feats, flipped, out / PLOTS[1])
     plot_search(history, out / PLOTS[2])
@@ -162,6 +164,10 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     if "noise_detection_auroc" in summary:
         lines.append(f"- noise detection AUROC (1 − p vs flipped labels): {summary['noise_detection_auroc']:.3f}")
+    for r in summary.get("rounds", []):
+        auroc = "" if r.get("noise_detection_auroc") is None else f", AUROC {r['noise_detection_auroc']:.3f}"
+        lines.append(f"- round {r['round']}{' (kept: highest final val)' if r['round'] == chosen else ''}: final "
+                     f"val score {r['val_score']:.4f}, test {r['value']:.4f}{auroc}")
     lines += ["", *(f"![{name}]({name})" for name in PLOTS), ""]
     md = out / "report.md"
     atomic_write_text(md, "\n".join(lines))
