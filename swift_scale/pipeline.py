@@ -29,7 +29,7 @@ from swift_scale.report.tracking import Tracking, accelerator_for
 from swift_scale.run_folder import RunFolder
 from swift_scale.sampler.swift import SwiftSampler
 from swift_scale.search.trials import SamplerSearch
-from swift_scale.train.tasks import Task, task_for
+from swift_scale.train.tasks import Task, sampler_features, task_for
 from swift_scale.train.trainer import Trainer
 
 __all__ = ["Pipeline", "PHASES"]
@@ -230,7 +230,7 @@ class Pipeline:
         cfg = copy.deepcopy(self.cfg)
         cfg.run.out_dir = str(self.dir / f"round{r}")
         cfg.features.dynamics = False
-        cfg.sampler.features = later_round_features(self.cfg.sampler.features)
+        cfg.sampler.features = later_round_features(sampler_features(self.cfg))
         cfg.search.rounds = 1
         cfg.train.log_with = ""  # this run's trackers carry its numbers
         child = Pipeline(cfg, self.acc)

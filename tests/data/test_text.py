@@ -61,12 +61,12 @@ def _lm_args(out, *extra):
             "model.name=gpt2", "model.kwargs.n_layer=2", "model.kwargs.n_embd=32", "model.kwargs.n_head=2",
             f"run.out_dir={out}", "train.epochs=2", "train.batch_size=32", "train.cpu=true", "train.progress=false",
             "search.trials=3", "search.finetune_epochs=1", "search.n_init=1", "search.num_restarts=1",
-            "search.raw_samples=16", *extra]
+            "search.raw_samples=16", "search.rounds=1", *extra]
 
 
 def test_tiny_gpt_runs_every_phase(tmp_path):
     out = tmp_path / "lm"
-    r = cli("run", *_lm_args(out))
+    r = cli("run", *_lm_args(out, "search.rounds=2"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "test perplexity" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -81,6 +81,11 @@ def test_tiny_gpt_runs_every_phase(tmp_path):
     noise = json.loads((out / "noise.json").read_text())
     assert noise["num_flipped"] == round(0.3 * summary["num_train"]) and noise["mode"] == "replace"
     assert (out / "tokenizer" / "tokenizer.json").exists() and (out / "report" / "report.md").exists()
+    # a second round: θ0-style LM features scored by the first final model, chosen on −log val ppl
+    assert json.loads((out / "round2" / "sampler.json").read_text())["features"] == ["loss", "rarity"]
+    assert [r["round"] for r in summary["rounds"]] == [1, 2] and all(r["val_score"] < 0 for r in summary["rounds"])
+    best = max(summary["rounds"], key=lambda r: r["val_score"])
+    assert summary["chosen_round"] == best["round"] and summary["swift"]["value"] == best["value"]
     # a second run with the saved tokenizer directory reads it instead of training one
     r2 = cli("run", *_lm_args(tmp_path / "lm2", f"data.tokenizer={out / 'tokenizer'}", "search.trials=1",
                               "train.epochs=1"))

@@ -208,7 +208,7 @@ def test_the_cache_is_built_once_per_shard_and_the_same_for_one_or_two_ranks(tmp
 LM = ["data.task=lm", "data.vocab_size=300", "data.seq_len=32", "model.name=gpt2", "model.kwargs.n_layer=1",
       "model.kwargs.n_embd=32", "model.kwargs.n_head=2", "train.epochs=2", "train.batch_size=32", "train.cpu=true",
       "train.progress=false", "search.trials=3", "search.finetune_epochs=1", "search.n_init=1",
-      "search.num_restarts=1", "search.raw_samples=16"]
+      "search.num_restarts=1", "search.raw_samples=16", "search.rounds=1"]
 
 
 @pytest.mark.slow

@@ -98,8 +98,8 @@ def features(args, out: Path) -> None:
     split = stream(urls, args.seq_len, len(tok))
     acc = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(0)
-    model = acc.prepare(create_lm("gpt2", len(tok), args.seq_len, None, n_layer=2, n_embd=128, n_head=4,
-                                  bos_token_id=0, eos_token_id=0).eval())
+    model = acc.prepare(create_lm("gpt2", len(tok), args.seq_len, None, n_layer=args.n_layer, n_embd=args.n_embd,
+                                  n_head=max(4, args.n_embd // 64), bos_token_id=0, eos_token_id=0).eval())
     task = LMTask(unigram_rarity(np.zeros((1, 1), np.int64), len(tok)))
 
     @torch.no_grad()
@@ -123,7 +123,7 @@ def features(args, out: Path) -> None:
     n = len(split) * args.seq_len
     emit({"part": "features", "tokens": n, "bare_tokens_per_s": round(n / times["bare"]),
           "features_tokens_per_s": round(n / times["features"]), "ratio": round(times["bare"] / times["features"], 3),
-          "goal": 0.9})
+          "n_layer": args.n_layer, "n_embd": args.n_embd, "vocab": len(tok), "goal": 0.9})
 
 
 def rss(args, out: Path) -> None:
@@ -201,6 +201,8 @@ def main() -> None:
                     help="rss: data.tokenizer_sample_mb of the runs (1 keeps the BPE's training text the same size)")
     ap.add_argument("--copies", type=int, default=16, help="copies of the text in the throughput stream")
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--n-layer", type=int, default=2, help="GPT-2 layers of the features part's model")
+    ap.add_argument("--n-embd", type=int, default=128, help="its width (heads: width / 64, at least 4)")
     ap.add_argument("--big-mb", type=float, default=1500.0, help="size of the token shards of the 'big' part")
     ap.add_argument("--parts", nargs="+", default=["throughput", "features", "rss", "big"])
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "lm_stream"))
