@@ -77,7 +77,7 @@ def _table(summary: dict) -> str:
             (f"swift sampler ({sw.get('checkpoint', 'last').replace('_', '-')})", sw["value"])]
     head = "test perplexity" if lm else "test accuracy"
     out = [f"{'':<30}{head:>16}", "-" * 46] + [f"{name:<30}{fmt(v):>16}" for name, v in rows]
-    if "noise_detection_auroc" in summary:
+    if summary.get("noise_detection_auroc") is not None:
         out.append(f"{'noise-detection AUROC (1 − p)':<30}{summary['noise_detection_auroc']:>16.3f}")
     for r in summary.get("rounds", []):  # search.rounds > 1
         name = f"  round {r['round']}" + (" (kept)" if r["round"] == summary["chosen_round"] else "")

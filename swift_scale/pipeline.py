@@ -271,7 +271,11 @@ class Pipeline:
         if chosen > 1:
             best = summaries[chosen]
             out.update(swift={**best["swift"], "round": chosen, "sampler": f"round{chosen}/sampler.json"},
-                       search=best["search"], noise_detection_auroc=best.get("noise_detection_auroc"))
+                       search=best["search"])
+            for key in ("noise_detection_auroc", "noise_detection_auroc_by_document"):  # only where noise was injected
+                out.pop(key, None)
+                if key in best:
+                    out[key] = best[key]
         if self.acc.is_main_process:
             self.folder.write_json("summary.json", out)
         return out

@@ -206,3 +206,11 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     stamp = (r2 / "final" / "metrics.json").stat().st_mtime_ns
     again = _pipe(digits_shards, dst, *extra).run(until="final")
     assert again["rounds"] == summary["rounds"] and (r2 / "final" / "metrics.json").stat().st_mtime_ns == stamp
+    # when round 2 is kept, the summary's sampler figures are round 2's
+    metrics = json.loads((dst / "final" / "metrics.json").read_text())
+    metrics["best"]["val"]["accuracy"] = -1.0  # round 1 now scores lowest on val
+    (dst / "final" / "metrics.json").write_text(json.dumps(metrics))
+    kept = _pipe(digits_shards, dst, *extra).run()
+    assert kept["chosen_round"] == 2 and kept["swift"]["round"] == 2 and kept["swift"]["sampler"] == "round2/sampler.json"
+    assert kept["swift"]["value"] == second["swift"]["value"] and kept["search"] == second["search"]
+    assert kept["noise_detection_auroc"] == second["noise_detection_auroc"]

@@ -162,7 +162,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"- sampler: {sampler.describe()}",
         f"- share of training examples with probability < 0.1 × uniform: {float(np.mean(p < 0.1)):.3f}",
     ]
-    if "noise_detection_auroc" in summary:
+    if summary.get("noise_detection_auroc") is not None:
         lines.append(f"- noise detection AUROC (1 − p vs flipped labels): {summary['noise_detection_auroc']:.3f}")
     for r in summary.get("rounds", []):
         auroc = "" if r.get("noise_detection_auroc") is None else f", AUROC {r['noise_detection_auroc']:.3f}"
