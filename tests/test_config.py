@@ -28,7 +28,7 @@ def test_demo_resource_loads():
 
     base = yaml.safe_load(resources.files("swift_scale").joinpath("resources/demo.yaml").read_text())
     cfg = load_config(None, ["data.train=a", "data.val=b", "data.test=c"], base=base)
-    assert cfg.data.noise_rate == 0.4 and cfg.search.trials == 40
+    assert cfg.data.noise_rate == 0.4 and cfg.search.trials == 16 and cfg.search.rounds == 2
 
 
 def test_overrides_and_types():
