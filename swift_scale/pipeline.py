@@ -211,11 +211,10 @@ class Pipeline:
         """summary.json (main process writes it)."""
         noisy, sampler = self.data.noisy_ids, SwiftSampler.load(self.dir / "sampler.json")
         final = self.folder.read_json("final/metrics.json")
-        use = final.get("best") if self.cfg.train.final_checkpoint == "best_val" else None
         facts = RunFacts(self.task.name, self.task.metric, len(self.data.train), self.acc.num_processes,
                          str(self.acc.device), str(self.acc.mixed_precision), self.data.num_errors,
                          self.folder.seconds, noisy, sampler.probs(self.train_features()) if len(noisy) else None,
-                         sampler.info.get("trial"), self.task.score((use or final)["val"]), self.data.doc_of)
+                         sampler.info.get("trial"), self.final_val_score(final), self.data.doc_of)
         summary = build_summary(self.cfg, facts, self.folder.read_json("pretrain/metrics.json"), final,
                                 read_jsonl(self.dir / "search" / "history.jsonl"))
         if self.acc.is_main_process:
@@ -280,12 +279,17 @@ class Pipeline:
             self.folder.write_json("summary.json", out)
         return out
 
-    def _round_figures(self, summary: dict) -> dict:
-        """This round's line in summary.json ``rounds``: its final model's val score (what chooses the round; at
-        ``train.final_checkpoint``), its headline test figure and its sampler's noise-detection AUROC."""
-        final = self.folder.read_json("final/metrics.json")
+    def final_val_score(self, final: dict | None = None) -> float:
+        """The search's score (``task.score``) of the final model on val at ``train.final_checkpoint``: the
+        winner's-curse reference in the summary, and what chooses among rounds."""
+        final = final or self.folder.read_json("final/metrics.json")
         use = final.get("best") if self.cfg.train.final_checkpoint == "best_val" else None
-        return {"val_score": self.task.score((use or final)["val"]), "value": summary["swift"]["value"],
+        return self.task.score((use or final)["val"])
+
+    def _round_figures(self, summary: dict) -> dict:
+        """This round's line in summary.json ``rounds``: its final model's val score (what chooses the round),
+        its headline test figure and its sampler's noise-detection AUROC."""
+        return {"val_score": self.final_val_score(), "value": summary["swift"]["value"],
                 "noise_detection_auroc": summary.get("noise_detection_auroc")}
 
     def _phase(self, phase: str, fn):

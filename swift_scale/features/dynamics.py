@@ -34,14 +34,14 @@ __all__ = ["DYNAMICS_FEATURES", "DynamicsRecorder", "dynamics_features", "suspec
 
 #: Features whose *low* values mark the examples a model resists (every other feature: the high values).
 LOW_IS_SUSPECT: frozenset[str] = frozenset({"aum"})
+_SCALE = float(1 << 20)  # fixed-point units of loss and margin
+_LIMIT = 1e6  # |value| is clipped here so sums of up to 10^5 epochs stay far inside int64
 
 
 def suspect_sign(name: str) -> float:
     """+1 when a feature's high values mark suspect examples (losses, ``wrong_frac``), −1 when its low values do
     (the margin ``aum``): the weight the step first points put on it, so a step drops the suspect end."""
     return -1.0 if name in LOW_IS_SUSPECT else 1.0
-_SCALE = float(1 << 20)  # fixed-point units of loss and margin
-_LIMIT = 1e6  # |value| is clipped here so sums of up to 10^5 epochs stay far inside int64
 
 
 class DynamicsRecorder:
