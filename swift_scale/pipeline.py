@@ -207,8 +207,9 @@ class Pipeline:
         return self.train_with(rule_probs(rule, self.train_features(), self.data.noisy_ids), self.dir / rel,
                                f"rule {rule}")
 
-    def summary(self) -> dict:
-        """summary.json (main process writes it)."""
+    def summary(self, publish: bool = True) -> dict:
+        """This run's summary; with ``publish`` the main process writes it to summary.json and the trackers log
+        its headline (:meth:`publish`)."""
         noisy, sampler = self.data.noisy_ids, SwiftSampler.load(self.dir / "sampler.json")
         final = self.folder.read_json("final/metrics.json")
         facts = RunFacts(self.task.name, self.task.metric, len(self.data.train), self.acc.num_processes,
@@ -217,10 +218,15 @@ class Pipeline:
                          sampler.info.get("trial"), self.final_val_score(final), self.data.doc_of)
         summary = build_summary(self.cfg, facts, self.folder.read_json("pretrain/metrics.json"), final,
                                 read_jsonl(self.dir / "search" / "history.jsonl"))
+        if publish:
+            self.publish(summary)
+        return summary
+
+    def publish(self, summary: dict) -> None:
+        """Write summary.json (main process) and log its headline to the trackers, once per run."""
         if self.acc.is_main_process:
             self.folder.write_json("summary.json", summary)
         self.tracking.log_summary(summary)
-        return summary
 
     # -- later rounds (search.rounds) ----------------------------------------------------------------------
     def round_pipeline(self, r: int) -> Pipeline:
@@ -275,8 +281,6 @@ class Pipeline:
                 out.pop(key, None)
                 if key in best:
                     out[key] = best[key]
-        if self.acc.is_main_process:
-            self.folder.write_json("summary.json", out)
         return out
 
     def final_val_score(self, final: dict | None = None) -> float:
@@ -311,9 +315,10 @@ class Pipeline:
         if stop < PHASES.index("final"):
             return None
         self._phase("final", lambda: self.final(sampler_path))
-        summary = self.summary()
+        summary = self.summary(publish=False)
         if self.cfg.search.rounds > 1 and sampler_path is None:
             summary = self.folder.timed("rounds", lambda: self.later_rounds(summary), main)
+        self.publish(summary)  # after the rounds: summary.json and the trackers' headline are the kept round's
         if stop >= PHASES.index("report") and main:
             from swift_scale.report.writer import write_report
 

@@ -124,7 +124,7 @@ def test_tensorboard_tracking(tmp_path, digits_shards):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"search/score", "search/best_so_far", "pretrain/val_accuracy", "final/test_accuracy",
-            "summary/swift_test_accuracy"} <= tags
+            "summary/swift_test_accuracy", "summary/swift_round"} <= tags
     assert len(acc.Scalars("search/score")) == 3
 
 

@@ -210,7 +210,10 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     metrics = json.loads((dst / "final" / "metrics.json").read_text())
     metrics["best"]["val"]["accuracy"] = -1.0  # round 1 now scores lowest on val
     (dst / "final" / "metrics.json").write_text(json.dumps(metrics))
-    kept = _pipe(digits_shards, dst, *extra).run()
+    kept_pipe, logged = _pipe(digits_shards, dst, *extra), []
+    kept_pipe.tracking.log_summary = logged.append  # the trackers' headline: logged once, for the kept round
+    kept = kept_pipe.run()
+    assert [s["chosen_round"] for s in logged] == [2] and logged[0]["swift"]["round"] == 2
     assert kept["chosen_round"] == 2 and kept["swift"]["round"] == 2 and kept["swift"]["sampler"] == "round2/sampler.json"
     assert kept["swift"]["value"] == second["swift"]["value"] and kept["search"] == second["search"]
     assert kept["noise_detection_auroc"] == second["noise_detection_auroc"]

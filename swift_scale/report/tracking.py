@@ -44,7 +44,8 @@ class Tracking:
             self.acc.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
     def log_summary(self, summary: dict) -> None:
-        """The baseline's and the swift sampler's headline test figures."""
+        """The baseline's and the swift sampler's headline test figures (the kept round's, with its number)."""
         metric = summary["baseline"]["metric"]
         self.log("summary", {f"baseline_{metric}": summary["baseline"]["value"],
-                             f"swift_{metric}": summary["swift"]["value"]}, 0)
+                             f"swift_{metric}": summary["swift"]["value"],
+                             "swift_round": summary.get("chosen_round", 1)}, 0)
