@@ -259,11 +259,14 @@ class Pipeline:
 
     def later_rounds(self, summary: dict) -> dict:
         """Rounds 2 … ``search.rounds``: each scores the features with the previous round's final model, searches
-        and trains again (:meth:`round_pipeline`); the round whose final model scores highest on val (the first
+        and trains again (:meth:`round_pipeline`); they stop early after a round whose final val score is not
+        above the round before's. The round whose final model scores highest on val (the first
         on a tie) becomes the summary's ``swift``; every round's figures are in ``rounds``."""
         rounds, prev = [{"round": 1, **self._round_figures(summary)}], self
         summaries = {1: summary}
         for r in range(2, self.cfg.search.rounds + 1):
+            if r > 2 and rounds[-1]["val_score"] <= rounds[-2]["val_score"]:
+                break  # the last round did not raise the final val score: another would start from a worse model
             child = self.round_pipeline(r)
             self._seed_round(child, prev)
             for phase, fn in (("features", child.features), ("search", child.search), ("final", child.final)):
