@@ -216,13 +216,14 @@ class SearchConfig:
     every trial runs ``finetune_epochs``."""
     eta: float = 3.0
     """Successive-halving rate: at a rung, a trial goes on when it is in the top 1/eta (needs eta earlier scores)."""
-    rounds: int = 2
-    """Sampler-learning rounds (1 = the paper's single round). Round r > 1 scores the features again with round
-    r − 1's final model (its best-val checkpoint: a model trained under the learned sampler, which has not
+    rounds: int = 3
+    """Sampler-learning rounds at most (1 = the paper's single round). Round r > 1 scores the features again with
+    round r − 1's final model (its best-val checkpoint: a model trained under the learned sampler, which has not
     fitted the examples it starved), searches again on them and trains a new final model, in ``round<r>/`` (a
     run folder of its own); the round whose final model scores highest on val is the run's product
     (summary.json ``rounds``). Those features are θ0-style: ``dyn_loss`` / ``aum`` / ``wrong_frac`` become that
-    model's ``loss``. Each round adds a features pass, a search and a final training."""
+    model's ``loss``. Each round adds a features pass, a search and a final training; the rounds stop early
+    after a round whose final val is not above the round before's (on clean labels, usually after round 2)."""
     overlap: bool = True
     """Compute the next round's proposals in a helper process while the current round trains, with the running
     trials as pending points, so the GP is off the critical path; false = after each round, from its results."""
