@@ -86,7 +86,9 @@ def batch_rounds(args) -> None:
                           raw_samples=args.raw_samples)
     engine.history = records
     cpu = []
-    for start in range(2 * q, min(len(records), args.trials) - q + 1, q):  # the rounds whose proposals use the GP
+    for start in range(q, min(len(records), args.trials) - q + 1, q):
+        if any(r.get("proposed_by") != "bo" for r in records[start:start + q]):
+            continue  # the search's fixed first points (uniform, steps, Sobol) cost the helper nothing
         observed, pending = start - q, [np.asarray(r["params"]) for r in records[start - q:start]]
         t0 = time.process_time()
         engine.ask_batch(q, observed=observed, pending=pending)
