@@ -218,15 +218,16 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     assert kept["swift"]["value"] == second["swift"]["value"] and kept["search"] == second["search"]
     assert kept["noise_detection_auroc"] == second["noise_detection_auroc"]
     # search.rounds=3 stops after a round that does not raise the final val: round 2 is below round 1 here
+    three_rounds = (*extra[:-2], "search.rounds=3", "run.allow_changed_config=true")
     metrics["best"]["val"]["accuracy"] = 2.0
     (dst / "final" / "metrics.json").write_text(json.dumps(metrics))
-    three = _pipe(digits_shards, dst, *extra[:-2], "search.rounds=3", "run.allow_changed_config=true").run(until="final")
+    three = _pipe(digits_shards, dst, *three_rounds).run(until="final")
     assert [e["round"] for e in three["rounds"]] == [1, 2] and three["chosen_round"] == 1
     assert not (dst / "round3").exists()
     # ... and goes on after a round that does: round 3's θ0 is round 2's final model
     metrics["best"]["val"]["accuracy"] = -1.0
     (dst / "final" / "metrics.json").write_text(json.dumps(metrics))
-    three = _pipe(digits_shards, dst, *extra[:-2], "search.rounds=3", "run.allow_changed_config=true").run(until="final")
+    three = _pipe(digits_shards, dst, *three_rounds).run(until="final")
     assert [e["round"] for e in three["rounds"]] == [1, 2, 3]
     a, b = (torch.load(p, weights_only=True) for p in (dst / "round3" / "pretrain" / "theta0.pt", r2 / "final" / "best.pt"))
     assert all(torch.equal(a[k], b[k]) for k in a)
