@@ -60,6 +60,30 @@ def classification_features(logits: torch.Tensor, labels: torch.Tensor) -> torch
     return torch.stack([loss, renormed, grad], dim=1)
 
 
+#: Scores (elements) per chunk of the LM features on a CPU: 512 KB of float32, so the passes over a chunk (max, exp,
+#: sum, norm) run in L2 cache instead of streaming the whole [B, T, V] tensor through memory each time (17 ms
+#: instead of 28 ms at 64 x 127 x 2048 on a 2-core Xeon; 2^16 is slower, larger chunks vary). Accelerators take the
+#: tensor whole.
+CPU_CHUNK = 1 << 17
+
+
+def _cache_chunks(logits: torch.Tensor):
+    """Index tuples (sequences, positions) that cover ``logits`` [B, T, V] in chunks of about CPU_CHUNK scores."""
+    b, t, v = logits.shape
+    if logits.device.type != "cpu":
+        yield slice(None), slice(None)
+        return
+    rows = max(1, CPU_CHUNK // v)
+    if rows >= t:
+        step = rows // t
+        for i in range(0, b, step):
+            yield slice(i, i + step), slice(None)
+    else:
+        for i in range(b):
+            for j in range(0, t, rows):
+                yield slice(i, i + 1), slice(j, j + rows)
+
+
 @torch.no_grad()
 def lm_features(logits: torch.Tensor, targets: torch.Tensor, rarity: torch.Tensor) -> torch.Tensor:
     """Per-sequence language-modelling features, float32 [B, 3] in the order of :data:`LM_FEATURES`.
@@ -75,17 +99,20 @@ def lm_features(logits: torch.Tensor, targets: torch.Tensor, rarity: torch.Tenso
     if logits.ndim != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)}, "
                          f"{tuple(targets.shape)}")
-    z = logits.float()
     y = targets.long().unsqueeze(-1)
-    # one exp pass over the [B, T, V] scores into one buffer, worked on in place (the vocab-sized passes cost as
-    # much as a small model's forward): e = exp(z − max), s = Σ e, log p_y = z_y − max − log s, and
-    # ‖p − onehot‖² = Σ_{j≠y} p_j² + (1 − p_y)², exact as p_y → 1 (e_y zeroed before the norm; expm1)
-    top = z.amax(-1, keepdim=True)
-    e = torch.sub(z, top).exp_()
-    total = e.sum(-1, keepdim=True)
-    logp_y = (z.gather(-1, y) - top - total.log()).squeeze(-1)
+    logp_y = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    rest = torch.empty_like(logp_y)
+    for rows in _cache_chunks(logits):
+        z = logits[rows].float()
+        # one exp pass over the scores into one buffer, worked on in place (the vocab-sized passes cost as much as
+        # a small model's forward): e = exp(z − max), s = Σ e, log p_y = z_y − max − log s, and
+        # ‖p − onehot‖² = Σ_{j≠y} p_j² + (1 − p_y)², exact as p_y → 1 (e_y zeroed before the norm; expm1)
+        top = z.amax(-1, keepdim=True)
+        e = torch.sub(z, top).exp_()
+        total = e.sum(-1, keepdim=True)
+        logp_y[rows] = (z.gather(-1, y[rows]) - top - total.log()).squeeze(-1)
+        rest[rows] = torch.linalg.vector_norm(e.scatter_(-1, y[rows], 0.0), dim=-1) / total.squeeze(-1)
     loss = -logp_y.mean(1)
     rare = rarity.to(logits.device, torch.float32)[targets.long()].mean(1)
-    rest = torch.linalg.vector_norm(e.scatter_(-1, y, 0.0), dim=-1) / total.squeeze(-1)
     grad = (rest.square() + torch.expm1(logp_y).square()).sqrt().mean(1)
     return torch.stack([loss, rare, grad], dim=1)

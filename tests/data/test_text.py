@@ -33,6 +33,22 @@ def test_lm_features_match_a_direct_computation():
         assert got[b].tolist() == pytest.approx([sum(losses) / 5, rare, sum(grads) / 5], rel=1e-5)
 
 
+
+@pytest.mark.parametrize("chunk", [1, 7, 2 * 7, 5 * 7 * 2])  # part of a row, whole rows, 2 positions, 2 sequences
+def test_lm_features_on_cpu_chunks_equal_the_whole_tensor(monkeypatch, chunk):
+    """The CPU path works through the scores in cache-sized chunks; any chunking gives the same bits, also for a
+    non-contiguous view (the model's logits with the last position sliced off)."""
+    import swift_scale.features.functions as functions
+
+    torch.manual_seed(1)
+    logits = (torch.randn(3, 6, 7) * 4)[:, :-1]
+    targets = torch.randint(0, 7, (3, 5))
+    rarity = torch.rand(7)
+    whole = lm_features(logits, targets, rarity)
+    monkeypatch.setattr(functions, "CPU_CHUNK", chunk)
+    assert len(list(functions._cache_chunks(logits))) > 1
+    assert torch.equal(lm_features(logits, targets, rarity), whole)
+
 def test_unigram_rarity_and_packing():
     ids = np.array([0, 0, 0, 1, 2, 2, 5])
     r = unigram_rarity(ids, 6)
