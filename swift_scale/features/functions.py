@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["CLASSIFICATION_FEATURES", "classification_features", "LM_FEATURES", "lm_features"]
+__all__ = ["CLASSIFICATION_FEATURES", "classification_features", "LM_FEATURES", "lm_features", "cache_chunks"]
 
 #: Column order of :func:`lm_features` (language modelling, one row per sequence).
 LM_FEATURES: tuple[str, ...] = ("loss", "rarity", "grad_proxy")
@@ -67,7 +67,7 @@ def classification_features(logits: torch.Tensor, labels: torch.Tensor) -> torch
 CPU_CHUNK = 1 << 17
 
 
-def _cache_chunks(logits: torch.Tensor):
+def cache_chunks(logits: torch.Tensor):
     """Index tuples (sequences, positions) that cover ``logits`` [B, T, V] in chunks of about CPU_CHUNK scores."""
     b, t, v = logits.shape
     if logits.device.type != "cpu":
@@ -106,7 +106,7 @@ def lm_features(logits: torch.Tensor, targets: torch.Tensor, rarity: torch.Tenso
     # small model's forward): e = exp(z − max), s = Σ e, log p_y = z_y − max − log s, and
     # ‖p − onehot‖² = Σ_{j≠y} p_j² + (1 − p_y)², exact as p_y → 1 (e_y zeroed before the norm; expm1). Per chunk
     # only the vocab-sized passes, written straight into the [B, T] buffers (the chunks are many: few calls each)
-    for rows in _cache_chunks(logits):
+    for rows in cache_chunks(logits):
         z = logits[rows].float()
         m = torch.amax(z, -1, out=top[rows]).unsqueeze(-1)
         e = torch.sub(z, m).exp_()

@@ -46,8 +46,31 @@ def test_lm_features_on_cpu_chunks_equal_the_whole_tensor(monkeypatch, chunk):
     rarity = torch.rand(7)
     whole = lm_features(logits, targets, rarity)
     monkeypatch.setattr(functions, "CPU_CHUNK", chunk)
-    assert len(list(functions._cache_chunks(logits))) > 1
+    assert len(list(functions.cache_chunks(logits))) > 1
     assert torch.equal(lm_features(logits, targets, rarity), whole)
+
+
+def test_lm_evaluation_in_cpu_chunks_matches_the_whole_batch(monkeypatch):
+    import torch.nn.functional as F
+
+    import swift_scale.features.functions as functions
+    from swift_scale.train.tasks import LMTask
+
+    torch.manual_seed(2)
+    table = torch.randn(6, 11, 11) * 3  # a "model": (position, token) -> next-token scores
+
+    def model(input_ids):
+        return table[torch.arange(input_ids.shape[1]), input_ids]
+
+    x = torch.randint(0, 11, (4, 6))
+    logits, t = model(x)[:, :-1], x[:, 1:]
+    correct = (logits.argmax(-1) == t).sum().item()
+    loss = F.cross_entropy(logits.reshape(-1, 11), t.reshape(-1), reduction="sum").item()
+    task = LMTask(np.ones(11, np.float32))
+    for chunk in (1 << 17, 11, 3 * 11, 2 * 6 * 11):
+        monkeypatch.setattr(functions, "CPU_CHUNK", chunk)
+        sums = task.eval_sums(model, x, x)
+        assert (int(sums[0]), float(sums[1]), sums[2]) == (correct, pytest.approx(loss, rel=1e-6), 4 * 5)
 
 def test_unigram_rarity_and_packing():
     ids = np.array([0, 0, 0, 1, 2, 2, 5])
