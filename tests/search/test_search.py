@@ -25,24 +25,30 @@ def _run(path, strategy, seed, trials, stop_after=None):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # 2 × 10 searches of 20 trials: ~40 s on an idle 2-core machine, far more when shared
+@pytest.mark.timeout(1200)  # 2 × 10 searches of 30 trials: ~140 s on an idle 2-core machine, far more when shared
 @pytest.mark.parametrize("function", ["levy10", "hartmann6"])
 def test_bo_beats_random_search_over_ten_seeds(function):
-    """Standard test functions on [0, 1]^10, 20 trials (the first 5 shared), smoke-sized acquisition
-    optimisation: BO wins on at least 8 of 10 seeds and by half a random-search spread on average. Random search
-    is a pure function of the seed (the same on every machine); BO's mean over 10 seeds has a standard error
-    about a fifth of that margin. The seeds run in 2 processes (each search depends on its seed only)."""
+    """Standard test functions on [0, 1]^10, 30 trials (the first 5 shared), smoke-sized acquisition
+    optimisation. BO's lead over random search, paired by seed, is judged on its mean: at least one random-search
+    spread on average and a paired t-statistic above 2.5, and BO ahead on a majority of the seeds. (A per-seed
+    win count alone is a coin-flip-sized statistic on 10 seeds: at 20 trials hartmann6 won 6, 8 or 9 of 10 with
+    the same mean depending on the GP fit's start.) Measured: hartmann6 gap 1.8 spreads, t 4.6, 8 wins; levy10
+    3.2 spreads, t 6.6, 10 wins. Random search is a pure function of the seed (the same on every machine). The
+    seeds run in 2 processes (each search depends on its seed only)."""
     import argparse
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
     from bo_vs_random import best_values
 
-    args = argparse.Namespace(trials=20, n_init=4, acquisition="logei", num_restarts=2, raw_samples=64)
+    args = argparse.Namespace(trials=30, n_init=4, acquisition="logei", num_restarts=2, raw_samples=64)
     bo = np.array(best_values(function, "bo", range(10), args, procs=2))
     rnd = np.array(best_values(function, "random", range(10), args))
-    assert (bo > rnd).sum() >= 8, (bo, rnd)
-    assert bo.mean() > rnd.mean() + 0.5 * rnd.std(), (bo, rnd)
+    lead = bo - rnd
+    t = lead.mean() / (lead.std(ddof=1) / math.sqrt(len(lead)))
+    assert lead.mean() > rnd.std(), (bo, rnd)
+    assert t > 2.5, (t, bo, rnd)
+    assert (lead > 0).sum() >= 6, (bo, rnd)
 
 
 def test_first_trial_is_uniform_and_history_contract(tmp_path):
