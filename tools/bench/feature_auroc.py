@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -39,16 +41,23 @@ def main() -> None:
     warnings.simplefilter("ignore")
     from swift_scale.config import load_config
     from swift_scale.features.dynamics import suspect_sign
+    from swift_scale.features.store import FeatureStore
     from swift_scale.pipeline import Pipeline
     from swift_scale.report.metrics import auroc
 
     for run in args.runs:
-        pipe = Pipeline(load_config(f"{run}/config.yaml", []))
+        store_dir = Path(run) / "features"
+        store = FeatureStore(store_dir) if (store_dir / "meta.json").exists() else None
+        if store is None or not store.complete:
+            print(f"{store_dir}: no complete feature store; finish the run's features phase first", file=sys.stderr)
+            raise SystemExit(2)
+        # the folder named here, wherever the saved config says it was made
+        pipe = Pipeline(load_config(Path(run) / "config.yaml", [f"run.out_dir={run}"]))
         labels = pipe.data.train.labels.numpy()
         noisy = np.zeros(len(labels), dtype=bool)
         noisy[pipe.data.noisy_ids] = True
         result = {}
-        for name, col in pipe.train_features().items():
+        for name, col in pipe.train_features(store).items():
             v = suspect_sign(name) * col.astype(np.float64)
             result[name] = {"global": round(auroc(v, noisy), 3)} | {
                 k: round(auroc(w, noisy), 3) for k, w in within_class(v, labels).items()}
