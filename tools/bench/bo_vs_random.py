@@ -2,6 +2,7 @@
 
     python tools/bench/bo_vs_random.py [--seeds 10] [--trials 20] [--functions quadratic hartmann6 levy10 ...]
         [--acquisition logei] [--n-init 4] [--num-restarts 8] [--raw-samples 256] [--procs 1]
+        [--batch Q]
 
 Each function is maximised (the negated BoTorch test function on its usual domain, mapped from the unit cube;
 hartmann6 uses the first 6 of the 10 coordinates, the rest are inert). Both strategies go through the real
@@ -9,6 +10,11 @@ hartmann6 uses the first 6 of the 10 coordinates, the rest are inert). Both stra
 the same Sobol points, so they differ only after ``n_init``. One JSON line per (function, strategy) with the best
 value after ``--trials`` trials for every seed, then one summary line per function: mean ± std of each, BO's
 wins out of the seeds, and the gap in units of random search's spread.
+
+``--batch Q`` runs the search as a trial-parallel, overlapped one does (``search.overlap``, W = Q processes):
+rounds of Q trials, each round proposed from the trials finished *before the previous round* with the previous
+round's Q trials as pending points (the helper computes it while that round trains); ``--batch 1`` is the
+default one-process search (one pending trial).
 """
 
 from __future__ import annotations
@@ -52,9 +58,18 @@ def best_of(f, strategy: str, seed: int, args) -> float:
         engine = SearchEngine(Path(d) / "h.jsonl", strategy=strategy, seed=seed, n_init=args.n_init,
                               acquisition=args.acquisition, num_restarts=args.num_restarts,
                               raw_samples=args.raw_samples, initial=[UNIFORM_THETA])
+        q, last = getattr(args, "batch", 0), 0
         while engine.num_trials < args.trials:
-            trial = engine.ask()
-            engine.tell(trial, f(trial.theta), persist=False)
+            if not q:
+                trials = [engine.ask()]
+            else:  # the previous round (already told) stands in for the round still training
+                n = engine.num_trials
+                k = min(q, args.trials - n)
+                trials = engine.ask_batch(k, observed=n - last, pending=[np.asarray(r["params"])
+                                                                        for r in engine.history[n - last:]])
+                last = k
+            for trial in trials:
+                engine.tell(trial, f(trial.theta), persist=False)
         return engine.best()["score"]
 
 
@@ -86,6 +101,8 @@ def main() -> None:
     ap.add_argument("--num-restarts", type=int, default=8)
     ap.add_argument("--raw-samples", type=int, default=256)
     ap.add_argument("--procs", type=int, default=1, help="processes the seeds are spread over")
+    ap.add_argument("--batch", type=int, default=0, metavar="Q",
+                    help="rounds of Q overlapped trials (see above); 0: one trial at a time, nothing pending")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     for name in args.functions:
@@ -96,11 +113,13 @@ def main() -> None:
             result[strategy] = np.asarray(best)
             print(json.dumps({"bench": "bo_vs_random", "function": name, "strategy": strategy,
                               "acquisition": args.acquisition if strategy == "bo" else None, "trials": args.trials,
+                              "batch": args.batch,
                               "best": [round(b, 4) for b in best], "seconds": round(time.time() - t0, 1)}),
                   flush=True)
         bo, rnd = result["bo"], result["random"]
         print(json.dumps({"bench": "bo_vs_random", "function": name, "summary": True, "seeds": args.seeds,
                           "trials": args.trials, "acquisition": args.acquisition,
+                          "batch": args.batch,
                           "bo_mean": round(float(bo.mean()), 4), "bo_std": round(float(bo.std()), 4),
                           "random_mean": round(float(rnd.mean()), 4), "random_std": round(float(rnd.std()), 4),
                           "bo_wins": int((bo > rnd).sum()),
