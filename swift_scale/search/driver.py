@@ -70,6 +70,13 @@ def _propose(conn, settings: dict) -> None:  # the helper process's loop (module
         conn.send(engine.ask_batch(q, observed=observed, pending=pending))
 
 
+def overlapped_inputs(history: Sequence[dict], start: int, slots: int) -> tuple[int, list[np.ndarray]]:
+    """What an overlapped search proposes round ``start`` from, once the round before it is in ``history``: the
+    records before that round, and that round's θ as pending points (a resumed search, or a replay of one)."""
+    lo = max(0, start - slots)
+    return lo, [np.asarray(r["params"]) for r in history[lo:start]]
+
+
 class Proposer:
     """The proposals of each round, for the main process.
 
@@ -98,8 +105,7 @@ class Proposer:
             return start, []
         if running is not None:
             return start - len(running), [t.theta for t in running]
-        lo = max(0, start - self.slots)
-        return lo, [np.asarray(r["params"]) for r in self.engine.history[lo:start]]
+        return overlapped_inputs(self.engine.history, start, self.slots)
 
     def prepare(self, trials: int) -> None:
         """Start the helper at the start of the search when a later round will need the GP, so its start-up

@@ -253,13 +253,11 @@ def test_trial_parallel_bo_beats_random_search_over_ten_seeds(function):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
-    from bo_vs_random import best_values
+    from bo_vs_random import paired_lead
 
     args = argparse.Namespace(trials=30, n_init=4, acquisition="logei", num_restarts=2, raw_samples=64, batch=2)
-    bo = np.array(best_values(function, "bo", range(10), args, procs=2))
-    rnd = np.array(best_values(function, "random", range(10), args))
+    bo, rnd, t = paired_lead(function, args)
     lead = bo - rnd
-    t = lead.mean() / (lead.std(ddof=1) / math.sqrt(len(lead)))
     assert lead.mean() > 0.5 * rnd.std(), (bo, rnd)
     assert t > 2.5, (t, bo, rnd)
     assert (lead > 0).sum() >= 6, (bo, rnd)

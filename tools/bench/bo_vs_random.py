@@ -52,22 +52,20 @@ def functions() -> dict:
 
 def best_of(f, strategy: str, seed: int, args) -> float:
     from swift_scale.sampler.swift import UNIFORM_THETA
+    from swift_scale.search.driver import overlapped_inputs
     from swift_scale.search.engine import SearchEngine
 
     with tempfile.TemporaryDirectory() as d:
         engine = SearchEngine(Path(d) / "h.jsonl", strategy=strategy, seed=seed, n_init=args.n_init,
                               acquisition=args.acquisition, num_restarts=args.num_restarts,
                               raw_samples=args.raw_samples, initial=[UNIFORM_THETA])
-        q, last = getattr(args, "batch", 0), 0
         while engine.num_trials < args.trials:
-            if not q:
+            n = engine.num_trials
+            if not args.batch:
                 trials = [engine.ask()]
             else:  # the previous round (already told) stands in for the round still training
-                n = engine.num_trials
-                k = min(q, args.trials - n)
-                trials = engine.ask_batch(k, observed=n - last, pending=[np.asarray(r["params"])
-                                                                        for r in engine.history[n - last:]])
-                last = k
+                observed, pending = overlapped_inputs(engine.history, n, args.batch)
+                trials = engine.ask_batch(min(args.batch, args.trials - n), observed=observed, pending=pending)
             for trial in trials:
                 engine.tell(trial, f(trial.theta), persist=False)
         return engine.best()["score"]
@@ -89,6 +87,16 @@ def best_values(name: str, strategy: str, seeds: range, args, procs: int = 1) ->
 
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         return pool.starmap(_one, jobs)
+
+
+def paired_lead(name: str, args, seeds: range = range(10), procs: int = 2) -> tuple[np.ndarray, np.ndarray, float]:
+    """BO's and random search's best value for every seed, and the paired t-statistic of BO's lead over them."""
+    import math
+
+    bo = np.array(best_values(name, "bo", seeds, args, procs=procs))
+    rnd = np.array(best_values(name, "random", seeds, args))
+    lead = bo - rnd
+    return bo, rnd, float(lead.mean() / (lead.std(ddof=1) / math.sqrt(len(lead))))
 
 
 def main() -> None:
