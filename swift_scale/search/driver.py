@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -49,10 +50,34 @@ class TrialResult:
     seconds: float = 0.0
 
 
-def _propose(conn, settings: dict) -> None:  # the helper process's loop (module level: spawn pickles it by name)
+def _spread(cores: list[int], busy, period: float = 0.02) -> None:
+    """Move the helper's computing thread round-robin over ``cores`` every ``period`` seconds while ``busy`` is
+    set. With every core running a trainer, the scheduler keeps the helper on the core of the process that woke
+    it, so one trainer pays the whole proposal each round and the others wait for it at the gather; spread, each
+    pays 1/len(cores) of it."""
+    import threading
+
+    tid, i = threading.main_thread().native_id, 0
+    while True:
+        busy.wait()
+        try:
+            os.sched_setaffinity(tid, {cores[i % len(cores)]})
+        except OSError:  # the thread is gone, or the cores changed under us: stay where the scheduler puts it
+            return
+        i += 1
+        time.sleep(period)
+
+
+def _propose(conn, settings: dict, spread: list[int] | None = None) -> None:  # the helper process's loop
+    # (module level: spawn pickles it by name)
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+    busy = threading.Event()
+    if spread:
+        threading.Thread(target=_spread, args=(spread, busy), daemon=True).start()
     with warnings.catch_warnings():  # import BoTorch now (seconds of CPU), while the first rounds train
         warnings.simplefilter("ignore")
         import botorch.acquisition  # noqa: F401
@@ -67,7 +92,14 @@ def _propose(conn, settings: dict) -> None:  # the helper process's loop (module
         if msg is None:
             return
         engine.history, observed, pending, q = msg
-        conn.send(engine.ask_batch(q, observed=observed, pending=pending))
+        busy.set()
+        try:
+            out = engine.ask_batch(q, observed=observed, pending=pending)
+        finally:
+            busy.clear()
+            if spread:  # idle: any core
+                os.sched_setaffinity(threading.main_thread().native_id, set(spread))
+        conn.send(out)
 
 
 def overlapped_inputs(history: Sequence[dict], start: int, slots: int) -> tuple[int, list[np.ndarray]]:
@@ -75,6 +107,21 @@ def overlapped_inputs(history: Sequence[dict], start: int, slots: int) -> tuple[
     records before that round, and that round's θ as pending points (a resumed search, or a replay of one)."""
     lo = max(0, start - slots)
     return lo, [np.asarray(r["params"]) for r in history[lo:start]]
+
+
+def spread_cores() -> list[int] | None:
+    """The cores to spread the helper over: all of this process's, when this machine's processes of the run
+    (``LOCAL_WORLD_SIZE``, set by torchrun and accelerate) are at least as many as its cores, so every core runs
+    a trainer; None otherwise (a free core is left to the helper, and the scheduler puts it there) or where
+    affinity cannot be set. ``SWIFT_SCALE_SPREAD_HELPER=0`` turns it off, ``=1`` on."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    forced = os.environ.get("SWIFT_SCALE_SPREAD_HELPER")
+    if forced is not None:
+        return cores if forced == "1" and len(cores) > 1 else None
+    full = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) >= len(cores) > 1
+    return cores if full else None
 
 
 class Proposer:
@@ -121,7 +168,7 @@ class Proposer:
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_propose, args=(child, self.engine.settings()), daemon=True,
+        self._proc = ctx.Process(target=_propose, args=(child, self.engine.settings(), spread_cores()), daemon=True,
                                  name="swift-scale-proposals")
         self._proc.start()
         child.close()

@@ -125,8 +125,10 @@ def test_rounds_in_one_process_resume_to_the_same_history(tmp_path, overlap):
     assert all(r["round"] == r["trial"] and r["proposal_wait"] >= 0 for r in a)
 
 
-def test_overlapped_proposals_equal_the_inline_ones(tmp_path):
+@pytest.mark.parametrize("spread", ["0", "1"])  # the helper left where the scheduler puts it, or moved over the cores
+def test_overlapped_proposals_equal_the_inline_ones(tmp_path, monkeypatch, spread):
     """The helper process computes exactly what the engine computes in place (same history, same pending)."""
+    monkeypatch.setenv("SWIFT_SCALE_SPREAD_HELPER", spread)
     e = _fill(_engine(tmp_path / "h.jsonl"), 6)
     running = e.ask_batch(1)
     helper = Proposer(e, slots=1, overlap=True)
@@ -138,6 +140,25 @@ def test_overlapped_proposals_equal_the_inline_ones(tmp_path):
     want = e.ask_batch(1, observed=6, pending=[running[0].theta])
     assert got[0].index == want[0].index == 7
     np.testing.assert_allclose(got[0].theta, want[0].theta, rtol=0, atol=1e-12)
+
+
+def test_the_helper_is_spread_over_the_cores_only_when_trainers_fill_them(monkeypatch):
+    import os
+
+    from swift_scale.search import driver
+
+    monkeypatch.delenv("SWIFT_SCALE_SPREAD_HELPER", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for local, want in (("1", None), ("2", [0, 1]), ("4", [0, 1])):  # one process leaves the helper a free core
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert driver.spread_cores() == want
+    monkeypatch.setenv("SWIFT_SCALE_SPREAD_HELPER", "0")
+    assert driver.spread_cores() is None
+    monkeypatch.setenv("SWIFT_SCALE_SPREAD_HELPER", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert driver.spread_cores() == [0, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert driver.spread_cores() is None  # one core: nowhere to move
 
 
 def test_a_failed_trial_in_a_round_is_recorded(tmp_path):
