@@ -50,14 +50,12 @@ class TrialResult:
     seconds: float = 0.0
 
 
-def _spread(cores: list[int], busy, period: float = 0.02) -> None:
-    """Move the helper's computing thread round-robin over ``cores`` every ``period`` seconds while ``busy`` is
-    set. With every core running a trainer, the scheduler keeps the helper on the core of the process that woke
-    it, so one trainer pays the whole proposal each round and the others wait for it at the gather; spread, each
-    pays 1/len(cores) of it."""
-    import threading
-
-    tid, i = threading.main_thread().native_id, 0
+def _spread(tid: int, cores: list[int], busy, period: float = 0.02) -> None:
+    """Move the helper's computing thread ``tid`` round-robin over ``cores`` every ``period`` seconds while
+    ``busy`` is set (idle, it blocks on its pipe wherever it was). With every core running a trainer, the scheduler
+    keeps the helper on the core of the process that woke it, so one trainer pays the whole proposal each round
+    and the others wait for it at the gather; spread, each pays 1/len(cores) of it."""
+    i = 0
     while True:
         busy.wait()
         try:
@@ -77,7 +75,7 @@ def _propose(conn, settings: dict, spread: list[int] | None = None) -> None:  # 
     torch.set_num_threads(1)
     busy = threading.Event()
     if spread:
-        threading.Thread(target=_spread, args=(spread, busy), daemon=True).start()
+        threading.Thread(target=_spread, args=(threading.get_native_id(), spread, busy), daemon=True).start()
     with warnings.catch_warnings():  # import BoTorch now (seconds of CPU), while the first rounds train
         warnings.simplefilter("ignore")
         import botorch.acquisition  # noqa: F401
@@ -93,12 +91,8 @@ def _propose(conn, settings: dict, spread: list[int] | None = None) -> None:  # 
             return
         engine.history, observed, pending, q = msg
         busy.set()
-        try:
-            out = engine.ask_batch(q, observed=observed, pending=pending)
-        finally:
-            busy.clear()
-            if spread:  # idle: any core
-                os.sched_setaffinity(threading.main_thread().native_id, set(spread))
+        out = engine.ask_batch(q, observed=observed, pending=pending)
+        busy.clear()
         conn.send(out)
 
 

@@ -211,7 +211,7 @@ def main() -> None:
     ap.add_argument("--n-layer", type=int, default=2, help="GPT-2 layers of the features part's model")
     ap.add_argument("--n-embd", type=int, default=128, help="its width (heads: width / 64, at least 4)")
     ap.add_argument("--big-mb", type=float, default=1500.0, help="size of the token shards of the 'big' part")
-    ap.add_argument("--repeats", type=int, default=5, help="timed passes of each kind in the features part (best)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes of each kind in the features part")
     ap.add_argument("--parts", nargs="+", default=["throughput", "features", "rss", "big"])
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "lm_stream"))
     args = ap.parse_args()
