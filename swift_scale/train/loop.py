@@ -69,27 +69,46 @@ class ResumePoint:
 
 
 class Checkpoints:
-    """Epoch (and every ``every_steps`` steps) checkpoints in ``root``: accelerate state in a temp folder swapped
-    into place, then ``state.json`` (the commit point). A rerun resumes at that (epoch, step) exactly."""
+    """Epoch (and every ``every_steps`` steps) checkpoints in ``root``. A rerun resumes at the committed
+    (epoch, step) exactly.
+
+    Each save writes the accelerate state to ``accelerate.tmp``, renames it to a fresh ``accelerate-<n>``
+    folder, then atomically rewrites ``state.json`` (the commit point) naming that folder; only then are the
+    other ``accelerate*`` folders removed. A kill at any moment leaves ``state.json`` naming a complete folder
+    that matches it, and whatever else is lying there is an uncommitted leftover the next save clears."""
 
     def __init__(self, root: Path, every_steps: int = 0):
         self.root, self.every_steps = Path(root), every_steps
 
-    def load(self, accelerator: Accelerator) -> ResumePoint:
+    def _committed(self) -> dict | None:
         state_file = self.root / "state.json"
-        if not state_file.exists():
+        return json.loads(state_file.read_text()) if state_file.exists() else None
+
+    def load(self, accelerator: Accelerator) -> ResumePoint:
+        if not (self.root / "state.json").exists():
             return ResumePoint()
         try:
-            saved = json.loads(state_file.read_text())
-            accelerator.load_state(str(self.root / "accelerate"))
+            saved = self._committed()
+            accelerator.load_state(str(self.root / saved.get("dir", "accelerate")))
             return ResumePoint(int(saved["epoch"]), int(saved.get("step", 0)), float(saved.get("loss_sum", 0.0)),
                                list(saved["curve"]))
         except Exception as e:  # written atomically by us, so this is outside damage: say what to delete
             raise ValueError(f"{self.root}: checkpoint cannot be loaded ({type(e).__name__}); "
                              f"delete {self.root} to redo this training from its start") from None
 
+    def _clear(self, keep: str | None) -> None:
+        """Remove every ``accelerate*`` folder in ``root`` but ``keep`` (leftovers of saves cut off)."""
+        for p in self.root.glob("accelerate*"):
+            if p.name != keep:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
     def save(self, accelerator: Accelerator, point: ResumePoint) -> None:
-        tmp, final = self.root / "accelerate.tmp", self.root / "accelerate"
+        tmp = self.root / "accelerate.tmp"
+        committed = self._committed()
+        keep = committed.get("dir", "accelerate") if committed else None
+        if accelerator.is_main_process:
+            self._clear(keep)  # a killed save's tmp or renamed-but-uncommitted folder
+        accelerator.wait_for_everyone()
         # tied weights (GPT-2's lm_head) make safetensors log "Removed shared tensor" at every save: expected
         quiet = logging.getLogger("accelerate.utils.other")
         level, quiet.level = quiet.level, logging.ERROR
@@ -99,13 +118,11 @@ class Checkpoints:
             quiet.level = level
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            old = self.root / "accelerate.old"
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            atomic_write_json(self.root / "state.json", asdict(point))
-            if old.exists():
-                shutil.rmtree(old)
+            gen = int((committed or {}).get("gen", 0)) + 1
+            name = f"accelerate-{gen}"
+            os.replace(tmp, self.root / name)
+            atomic_write_json(self.root / "state.json", {**asdict(point), "dir": name, "gen": gen})
+            self._clear(name)
         accelerator.wait_for_everyone()
 
 
