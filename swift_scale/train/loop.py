@@ -81,15 +81,17 @@ class Checkpoints:
         self.root, self.every_steps = Path(root), every_steps
 
     def _committed(self) -> dict | None:
+        """The committed ``state.json`` (None before the first save); ``dir`` defaults to the earlier layout's
+        single ``accelerate`` folder."""
         state_file = self.root / "state.json"
-        return json.loads(state_file.read_text()) if state_file.exists() else None
+        return {"dir": "accelerate", **json.loads(state_file.read_text())} if state_file.exists() else None
 
     def load(self, accelerator: Accelerator) -> ResumePoint:
         if not (self.root / "state.json").exists():
             return ResumePoint()
         try:
             saved = self._committed()
-            accelerator.load_state(str(self.root / saved.get("dir", "accelerate")))
+            accelerator.load_state(str(self.root / saved["dir"]))
             return ResumePoint(int(saved["epoch"]), int(saved.get("step", 0)), float(saved.get("loss_sum", 0.0)),
                                list(saved["curve"]))
         except Exception as e:  # written atomically by us, so this is outside damage: say what to delete
@@ -104,10 +106,9 @@ class Checkpoints:
 
     def save(self, accelerator: Accelerator, point: ResumePoint) -> None:
         tmp = self.root / "accelerate.tmp"
-        committed = self._committed()
-        keep = committed.get("dir", "accelerate") if committed else None
-        if accelerator.is_main_process:
-            self._clear(keep)  # a killed save's tmp or renamed-but-uncommitted folder
+        if accelerator.is_main_process:  # only the main process reads state.json and moves folders
+            committed = self._committed()
+            self._clear(committed["dir"] if committed else None)  # a killed save's tmp or uncommitted folder
         accelerator.wait_for_everyone()
         # tied weights (GPT-2's lm_head) make safetensors log "Removed shared tensor" at every save: expected
         quiet = logging.getLogger("accelerate.utils.other")
