@@ -357,9 +357,18 @@ class SearchEngine:
     def posterior_best(self) -> dict | None:
         """The full-length trial with the highest GP posterior mean (the winner's curse: the best *observed*
         score of many noisy trials is optimistic); the best observed one when a GP cannot be fitted."""
+        ranked = self.ranked("posterior")
+        return ranked[0] if ranked else None
+
+    def ranked(self, select: str = "best") -> list[dict]:
+        """The full-length trials, best first: by observed score (``best``; ties in trial order, so the first is
+        :meth:`best`), or by GP posterior mean (``posterior``; by observed score when no GP can be fitted)."""
         ok = self.ok_trials()
+        by_score = sorted(ok, key=lambda r: -r["score"])
+        if select == "best":
+            return by_score
         if len(ok) < 3:
-            return self.best()
+            return by_score
         with torch.random.fork_rng(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(self.seed * 1_000_003 + self.num_trials)
@@ -369,5 +378,6 @@ class SearchEngine:
                 with torch.no_grad():
                     mean = model.posterior(xs).mean.squeeze(-1)
             except Exception:
-                return self.best()
-        return ok[int(torch.argmax(mean))]
+                return by_score
+        order = np.argsort(-mean.numpy(), kind="stable")  # ties: the first trial, as torch.argmax
+        return [ok[i] for i in order]
