@@ -204,12 +204,11 @@ class SearchConfig:
     select: str = "best"
     """Which trial's sampler is kept: ``best`` (the highest val score) or ``posterior`` (the highest GP posterior
     mean: less optimistic than the best of many noisy scores)."""
-    min_ess: float = 0.2
-    """Only trials whose sampler keeps an effective share of the training set of at least this much can be
-    chosen: ESS / N = 1 / (N Σ p²), the kept fraction for a step that keeps its examples uniformly. A 5-epoch
-    fine-tune from a trained model scores samplers that draw from a few percent of the data well, and a
-    from-scratch training under them does badly (README, Results). Those trials still run and inform the GP.
-    0 = any trial (the paper)."""
+    min_kept: float = 0.2
+    """Only trials whose sampler draws at least this share of the training examples at ≥ 0.1× the uniform rate
+    can be chosen. A 5-epoch fine-tune from a trained model scores samplers that draw from a few percent of the
+    data well, and a from-scratch training under them does badly (README, Results). Those trials still run and
+    inform the GP. 0 = any trial (the paper)."""
     lr: float = 0.0
     """Fine-tune learning rate; 0 = ``train.lr``."""
     procs_per_trial: int = 1
@@ -359,8 +358,8 @@ class Config:
              f"each step must drop a fraction in (0, 1), got {self.search.init_steps}")
         need(self.search.select in ("best", "posterior"), "search.select",
              f"must be best or posterior, got {self.search.select!r}")
-        need(0 <= self.search.min_ess < 1, "search.min_ess",
-             f"must be in [0, 1) (a share of the training set), got {self.search.min_ess}")
+        need(0 <= self.search.min_kept < 1, "search.min_kept",
+             f"must be in [0, 1) (a share of the training set), got {self.search.min_kept}")
         need(self.search.rounds >= 1, "search.rounds", f"must be >= 1, got {self.search.rounds}")
         need(self.search.rounds == 1 or len(set(later_round_features(self.sampler.features))) == len(
             self.sampler.features), "search.rounds",

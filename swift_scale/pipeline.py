@@ -28,7 +28,7 @@ from swift_scale.report.summary import RunFacts, build_summary
 from swift_scale.report.tracking import Tracking, accelerator_for
 from swift_scale.run_folder import RunFolder
 from swift_scale.sampler.swift import SwiftSampler
-from swift_scale.search.trials import SamplerSearch, effective_share
+from swift_scale.search.trials import SamplerSearch, kept_share
 from swift_scale.train.tasks import Task, sampler_features, task_for
 from swift_scale.train.trainer import Trainer
 
@@ -173,7 +173,7 @@ class Pipeline:
         search = self.sampler_search()
         best = search.run(self.dir / "search" / "history.jsonl", self.start_weights(), self.log)
         sampler = search.sampler(best["params"])
-        sampler.info = {"trial": best["trial"], "val_score": best["score"], "ess": best["ess"],
+        sampler.info = {"trial": best["trial"], "val_score": best["score"], "kept": best["kept"],
                         "model": self.cfg.model.name, "run": str(self.dir)}
         if self.acc.is_main_process:
             sampler.save(self.dir / "sampler.json")
@@ -217,7 +217,7 @@ class Pipeline:
                          str(self.acc.device), str(self.acc.mixed_precision), self.data.num_errors,
                          self.folder.seconds, noisy, probs if len(noisy) else None,
                          sampler.info.get("trial"), self.final_val_score(final), self.data.doc_of,
-                         effective_share(probs))
+                         kept_share(probs))
         summary = build_summary(self.cfg, facts, self.folder.read_json("pretrain/metrics.json"), final,
                                 read_jsonl(self.dir / "search" / "history.jsonl"))
         if publish:

@@ -65,7 +65,7 @@ def test_model_kwargs_from_yaml_and_cli(tmp_path):
     ("search.strategy=grid", "search.strategy"),
     ("search.theta0_epoch=99", "search.theta0_epoch"),
     ("search.rounds=0", "search.rounds"),
-    ("search.min_ess=1", "search.min_ess"),
+    ("search.min_kept=1", "search.min_kept"),
     ("sampler.transform=log", "sampler.transform"),
     ("sampler.segments=0", "sampler.segments"),
     ("train.schedule=linear", "train.schedule"),

@@ -74,7 +74,7 @@ def test_every_training_keeps_its_best_val_checkpoint_and_the_summary_reports_bo
 
 
 def test_the_chosen_trial_is_the_best_that_keeps_enough_of_the_data(finished, digits_shards):
-    from swift_scale.search.trials import SamplerSearch, effective_share
+    from swift_scale.search.trials import SamplerSearch, kept_share
 
     out, summary = finished
     pipe = _pipe(digits_shards, out)
@@ -83,13 +83,13 @@ def test_the_chosen_trial_is_the_best_that_keeps_enough_of_the_data(finished, di
     search = SamplerSearch(pipe.cfg, None, store, feats)  # type: ignore[arg-type]
     ok = sorted((r for r in read_jsonl(out / "search" / "history.jsonl") if r["status"] == "ok"),
                 key=lambda r: -r["score"])
-    shares = [effective_share(search.sampler(r["params"]).probs(feats)) for r in ok]
-    expected = next(r for r, s in zip(ok, shares) if s >= pipe.cfg.search.min_ess)
+    shares = [kept_share(search.sampler(r["params"]).probs(feats)) for r in ok]
+    expected = next(r for r, s in zip(ok, shares) if s >= pipe.cfg.search.min_kept)
     assert summary["search"]["chosen_trial"] == expected["trial"]
     chosen = SwiftSampler.load(out / "sampler.json")
-    assert chosen.info["ess"] == pytest.approx(summary["search"]["chosen_ess"], abs=1e-4)
-    assert summary["search"]["chosen_ess"] == pytest.approx(effective_share(chosen.probs(feats)), abs=1e-4)
-    assert summary["search"]["chosen_ess"] >= pipe.cfg.search.min_ess
+    assert chosen.info["kept"] == pytest.approx(summary["search"]["chosen_kept"], abs=1e-4)
+    assert summary["search"]["chosen_kept"] == pytest.approx(kept_share(chosen.probs(feats)), abs=1e-4)
+    assert summary["search"]["chosen_kept"] >= pipe.cfg.search.min_kept
 
 
 def test_theta0_and_start_come_from_the_chosen_epochs(finished):

@@ -34,7 +34,7 @@ class RunFacts:
     chosen_trial: int | None = None  # the trial whose sampler was kept (search.select)
     final_val_score: float | None = None  # the search's score (task.score) of the final model on val
     doc_of: np.ndarray | None = None  # LM: the document of each training sequence
-    ess: float | None = None  # the kept sampler's effective share of the training set, 1 / (N Σ p²)
+    kept: float | None = None  # the share of training examples the kept sampler draws at >= 0.1x uniform
 
 
 def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, history: list[dict]) -> dict:
@@ -54,8 +54,8 @@ def build_summary(cfg: Config, facts: RunFacts, pretrain: dict, final: dict, his
                       optimism=None if facts.final_val_score is None else chosen["score"] - facts.final_val_score)
     else:
         search = {"trials": 0, "best_score": None, "sampler": "transferred"}
-    if facts.ess is not None:
-        search["chosen_ess"] = round(facts.ess, 4)
+    if facts.kept is not None:
+        search["chosen_kept"] = round(facts.kept, 4)
     use = "best" if cfg.train.final_checkpoint == "best_val" and "best" in final else None
     summary = {
         "task": facts.task,

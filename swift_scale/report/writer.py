@@ -160,8 +160,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"full-length val score {max((r['score'] for r in history if r['status'] == 'ok'), default=float('nan')):.4f}"
         f" (uniform: {history[0]['score'] if history else float('nan')})",
         f"- sampler: {sampler.describe()}",
-        f"- share of training examples with probability < 0.1 × uniform: {float(np.mean(p < 0.1)):.3f}; "
-        f"effective share of the training set kept, 1 / (N Σ p²): {len(p) / float(np.dot(p, p)):.3f}",
+        f"- share of training examples with probability < 0.1 × uniform: {float(np.mean(p < 0.1)):.3f}",
     ]
     if summary.get("noise_detection_auroc") is not None:
         lines.append(f"- noise detection AUROC (1 − p vs flipped labels): {summary['noise_detection_auroc']:.3f}")

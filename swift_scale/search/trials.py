@@ -29,7 +29,7 @@ from swift_scale.train.groups import GroupAccelerator, trial_groups
 from swift_scale.train.tasks import sampler_features
 from swift_scale.train.trainer import Trainer
 
-__all__ = ["SamplerSearch", "choose", "effective_share"]
+__all__ = ["SamplerSearch", "choose", "kept_share"]
 
 
 class _Stopped(Exception):
@@ -128,26 +128,31 @@ class SamplerSearch:
         run_search(engine, s.trials, lambda t, earlier: self.trial(t, state0, earlier, trainer), self.trainer.acc,
                    log, slots=slots, group=group, leader=leader, overlap=s.overlap, progress=self.cfg.train.progress)
         best_or_raise(engine)
-        return choose(engine.ranked(s.select), lambda rec: self.effective_share(rec["params"]), s.min_ess)
+        return choose(engine.ranked(s.select), lambda rec: self.kept_share(rec["params"]), s.min_kept)
 
-    def effective_share(self, theta) -> float:
-        """ESS / N = 1 / (N Σ p²) of θ's sampler over the training set: 1 for uniform, k for a step that keeps a
-        fraction k of the examples uniformly."""
-        return effective_share(self.sampler(theta).probs(self.feats))
+    def kept_share(self, theta) -> float:
+        """The share of the training examples θ's sampler draws at ≥ 0.1× the uniform rate (:func:`kept_share`)."""
+        return kept_share(self.sampler(theta).probs(self.feats))
 
 
-def choose(ranked: Sequence[dict], share: Callable[[dict], float], min_ess: float) -> dict:
-    """The first trial of ``ranked`` (best first, in the order of ``search.select``) whose sampler keeps an
-    effective share ``share(trial)`` of the training set of at least ``min_ess``, with that share as ``ess``.
+def choose(ranked: Sequence[dict], share: Callable[[dict], float], min_kept: float) -> dict:
+    """The first trial of ``ranked`` (best first, in the order of ``search.select``) whose sampler keeps a
+    share ``share(trial)`` of the training set of at least ``min_kept``, with that share as ``kept``.
     Uniform sampling, the first point, keeps all of it, so only when it failed can none qualify: then the
     first of ``ranked``. Shares are computed best first and only until one qualifies (each is a pass over N)."""
     for rec in ranked:
-        if (value := share(rec)) >= min_ess:
-            return {**rec, "ess": value}
-    return {**ranked[0], "ess": share(ranked[0])}
+        if (value := share(rec)) >= min_kept:
+            return {**rec, "kept": value}
+    return {**ranked[0], "kept": share(ranked[0])}
 
 
-def effective_share(p: np.ndarray) -> float:
-    """Effective sample size of sampling ∝ ``p`` (normalised, float64 [N]) as a share of N: 1 / (N Σ p²)."""
+#: An example counts as kept when it is drawn at least this many times the uniform rate (README's "share below
+#: 0.1× uniform" is the rest).
+KEPT_RATE = 0.1
+
+
+def kept_share(p: np.ndarray) -> float:
+    """The share of examples that sampling ∝ ``p`` (normalised, [N]) draws at ≥ :data:`KEPT_RATE` × the uniform
+    rate 1 / N: 1 for uniform, k for a step that keeps a fraction k of the examples."""
     p = np.asarray(p, np.float64)
-    return float(1.0 / (len(p) * np.dot(p, p)))
+    return float(np.mean(p * len(p) >= KEPT_RATE))

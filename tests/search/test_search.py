@@ -111,18 +111,19 @@ def test_tell_without_persist_keeps_file_untouched(tmp_path):
     assert len(read_jsonl(tmp_path / "h.jsonl")) == 1 and other.num_trials == 1
 
 
-def test_effective_share_is_the_kept_fraction_of_a_step():
+def test_kept_share_is_the_kept_fraction_of_a_step():
     from swift_scale.sampler import SwiftSampler
-    from swift_scale.search.trials import effective_share
+    from swift_scale.search.trials import kept_share
 
     rng = np.random.default_rng(0)
     feats = {"loss": rng.random(4000).astype(np.float32), "renormed_entropy": rng.random(4000).astype(np.float32),
              "grad_proxy": rng.random(4000).astype(np.float32)}
     q = {n: np.quantile(v, np.linspace(0, 1, 257)) for n, v in feats.items()}
-    assert effective_share(np.full(10, 0.1)) == pytest.approx(1.0)
+    assert kept_share(np.full(10, 0.1)) == 1.0
+    assert kept_share(np.array([0.5, 0.45, 0.04, 0.01])) == 0.75  # 0.04 = 0.16x uniform: kept; 0.01 = 0.04x: not
     for drop in (0.3, 0.8):
         p = SwiftSampler.drop_top(drop, ("loss", "renormed_entropy"), q, feats, "cdf").probs(feats)
-        assert effective_share(p) == pytest.approx(1 - drop, abs=0.02)
+        assert kept_share(p) == pytest.approx(1 - drop, abs=0.02)
 
 
 def test_choice_skips_samplers_that_keep_too_little_of_the_data():
@@ -136,10 +137,10 @@ def test_choice_skips_samplers_that_keep_too_little_of_the_data():
         asked.append(rec["trial"])
         return shares[rec["trial"]]
 
-    assert choose(ranked, share, 0.2) == {"trial": 3, "score": 0.70, "ess": 0.55}
+    assert choose(ranked, share, 0.2) == {"trial": 3, "score": 0.70, "kept": 0.55}
     assert asked == [7, 3]  # best first, and no further than the first that qualifies
-    assert choose(ranked, share, 0.0)["trial"] == 7  # search.min_ess=0: the paper's choice
-    assert choose(ranked[:1], share, 0.2) == {"trial": 7, "score": 0.72, "ess": 0.09}  # none qualifies: the best
+    assert choose(ranked, share, 0.0)["trial"] == 7  # search.min_kept=0: the paper's choice
+    assert choose(ranked[:1], share, 0.2) == {"trial": 7, "score": 0.72, "kept": 0.09}  # none qualifies: the best
 
 
 def test_ranked_orders_by_score_or_posterior_mean(tmp_path):

@@ -102,6 +102,7 @@ def run_seed(args, seed: int) -> list[dict]:
              "best_epoch": sw["best_val"]["epoch"], "best_val_val": scale(sw["best_val"][val]),
              "search_best": summary["search"]["best_score"],
              "uniform_trial": summary["search"]["uniform_score"], "optimism": summary["search"].get("optimism"),
+             "chosen_kept": summary["search"].get("chosen_kept"),
              **sampler_stats(pipe if summary.get("chosen_round", 1) == 1 else pipe.round_pipeline(summary["chosen_round"])),
              "seconds": round(sum(summary["seconds"].values()), 1)}]
     if "rounds" in summary:  # search.rounds > 1: every round's final val and test, and which one was chosen
