@@ -27,8 +27,8 @@ from swift_scale.report.progress import announce
 from swift_scale.report.summary import RunFacts, build_summary
 from swift_scale.report.tracking import Tracking, accelerator_for
 from swift_scale.run_folder import RunFolder
-from swift_scale.sampler.swift import SwiftSampler
-from swift_scale.search.trials import SamplerSearch, kept_share
+from swift_scale.sampler.swift import SwiftSampler, kept_share
+from swift_scale.search.trials import SamplerSearch
 from swift_scale.train.tasks import Task, sampler_features, task_for
 from swift_scale.train.trainer import Trainer
 

@@ -74,7 +74,8 @@ def test_every_training_keeps_its_best_val_checkpoint_and_the_summary_reports_bo
 
 
 def test_the_chosen_trial_is_the_best_that_keeps_enough_of_the_data(finished, digits_shards):
-    from swift_scale.search.trials import SamplerSearch, kept_share
+    from swift_scale.sampler.swift import kept_share
+    from swift_scale.search.trials import SamplerSearch
 
     out, summary = finished
     pipe = _pipe(digits_shards, out)

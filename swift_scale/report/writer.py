@@ -8,7 +8,7 @@ import numpy as np
 
 from swift_scale.features.store import FeatureStore
 from swift_scale.io import FileError, atomic_write_text, read_json, read_jsonl
-from swift_scale.sampler.swift import SwiftSampler
+from swift_scale.sampler.swift import SwiftSampler, kept_share
 
 __all__ = ["write_report", "PLOTS"]
 
@@ -139,7 +139,6 @@ def write_report(run_dir: str | Path) -> Path:
     plot_search(history, out / PLOTS[2])
     plot_curves(pre, fin, out / PLOTS[3])
     p = sampler.probs(feats)
-    p *= len(p)  # in units of the uniform probability
     lines = [
         f"# swift_scale report: {run_dir.name}",
         "",
@@ -160,7 +159,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"full-length val score {max((r['score'] for r in history if r['status'] == 'ok'), default=float('nan')):.4f}"
         f" (uniform: {history[0]['score'] if history else float('nan')})",
         f"- sampler: {sampler.describe()}",
-        f"- share of training examples with probability < 0.1 × uniform: {float(np.mean(p < 0.1)):.3f}",
+        f"- share of training examples with probability < 0.1 × uniform: {1 - kept_share(p):.3f}",
     ]
     if summary.get("noise_detection_auroc") is not None:
         lines.append(f"- noise detection AUROC (1 − p vs flipped labels): {summary['noise_detection_auroc']:.3f}")

@@ -9,13 +9,20 @@ from swift_scale.sampler.select import (
     race_keys,
     rank_share,
 )
-from swift_scale.sampler.swift import UNIFORM_THETA, SwiftSampler, params_to_theta, theta_to_params
+from swift_scale.sampler.swift import (
+    UNIFORM_THETA,
+    SwiftSampler,
+    kept_share,
+    params_to_theta,
+    theta_to_params,
+)
 
 __all__ = [
     "SwiftSampler",
     "UNIFORM_THETA",
     "theta_to_params",
     "params_to_theta",
+    "kept_share",
     "epoch_indices",
     "rank_share",
     "race_keys",

@@ -34,7 +34,7 @@ import numpy as np
 from swift_scale.io import atomic_write_json
 
 __all__ = ["SwiftSampler", "UNIFORM_THETA", "theta_to_params", "params_to_theta", "NUM_PARAMS", "num_params",
-           "uniform_theta"]
+           "uniform_theta", "KEPT_RATE", "kept_share"]
 
 NUM_PARAMS = 10  # with the default S = 4 segments; in general 2S + 2
 _DELTA = 1e-4
@@ -42,6 +42,18 @@ _EPS = 1e-7  # knot coordinates are clamped to [ε, 1 − ε] so every stick kee
 CGF_BINS = 4096
 SAMPLER_FORMAT = "swift_scale.sampler"
 SAMPLER_VERSION = 1
+
+
+#: An example counts as kept when it is drawn at least this many times the uniform rate 1 / N (the reports'
+#: "share below 0.1× uniform" is the rest; ``search.min_kept`` bounds the kept share of the chosen sampler).
+KEPT_RATE = 0.1
+
+
+def kept_share(p: np.ndarray) -> float:
+    """The share of examples that sampling ∝ ``p`` (normalised, [N]) draws at ≥ :data:`KEPT_RATE` × the uniform
+    rate: 1 for uniform, k for a step that keeps a fraction k of the examples."""
+    p = np.asarray(p, np.float64)
+    return float(np.mean(p * len(p) >= KEPT_RATE))
 
 
 def num_params(segments: int = 4) -> int:

@@ -365,9 +365,7 @@ class SearchEngine:
         :meth:`best`), or by GP posterior mean (``posterior``; by observed score when no GP can be fitted)."""
         ok = self.ok_trials()
         by_score = sorted(ok, key=lambda r: -r["score"])
-        if select == "best":
-            return by_score
-        if len(ok) < 3:
+        if select == "best" or len(ok) < 3:  # a GP needs 3 points
             return by_score
         with torch.random.fork_rng(), warnings.catch_warnings():
             warnings.simplefilter("ignore")

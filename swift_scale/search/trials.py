@@ -22,14 +22,14 @@ import numpy as np
 from swift_scale.config import Config
 from swift_scale.features.dynamics import suspect_sign
 from swift_scale.features.store import FeatureStore
-from swift_scale.sampler.swift import SwiftSampler, num_params, uniform_theta
+from swift_scale.sampler.swift import SwiftSampler, kept_share, num_params, uniform_theta
 from swift_scale.search.driver import TrialResult, best_or_raise, run_search
 from swift_scale.search.engine import SearchEngine, Trial, asha_stop
 from swift_scale.train.groups import GroupAccelerator, trial_groups
 from swift_scale.train.tasks import sampler_features
 from swift_scale.train.trainer import Trainer
 
-__all__ = ["SamplerSearch", "choose", "kept_share"]
+__all__ = ["SamplerSearch", "choose"]
 
 
 class _Stopped(Exception):
@@ -128,11 +128,8 @@ class SamplerSearch:
         run_search(engine, s.trials, lambda t, earlier: self.trial(t, state0, earlier, trainer), self.trainer.acc,
                    log, slots=slots, group=group, leader=leader, overlap=s.overlap, progress=self.cfg.train.progress)
         best_or_raise(engine)
-        return choose(engine.ranked(s.select), lambda rec: self.kept_share(rec["params"]), s.min_kept)
-
-    def kept_share(self, theta) -> float:
-        """The share of the training examples θ's sampler draws at ≥ 0.1× the uniform rate (:func:`kept_share`)."""
-        return kept_share(self.sampler(theta).probs(self.feats))
+        return choose(engine.ranked(s.select), lambda rec: kept_share(self.sampler(rec["params"]).probs(self.feats)),
+                      s.min_kept)
 
 
 def choose(ranked: Sequence[dict], share: Callable[[dict], float], min_kept: float) -> dict:
@@ -140,19 +137,10 @@ def choose(ranked: Sequence[dict], share: Callable[[dict], float], min_kept: flo
     share ``share(trial)`` of the training set of at least ``min_kept``, with that share as ``kept``.
     Uniform sampling, the first point, keeps all of it, so only when it failed can none qualify: then the
     first of ``ranked``. Shares are computed best first and only until one qualifies (each is a pass over N)."""
+    first = None
     for rec in ranked:
-        if (value := share(rec)) >= min_kept:
+        value = share(rec)
+        if value >= min_kept:
             return {**rec, "kept": value}
-    return {**ranked[0], "kept": share(ranked[0])}
-
-
-#: An example counts as kept when it is drawn at least this many times the uniform rate (README's "share below
-#: 0.1× uniform" is the rest).
-KEPT_RATE = 0.1
-
-
-def kept_share(p: np.ndarray) -> float:
-    """The share of examples that sampling ∝ ``p`` (normalised, [N]) draws at ≥ :data:`KEPT_RATE` × the uniform
-    rate 1 / N: 1 for uniform, k for a step that keeps a fraction k of the examples."""
-    p = np.asarray(p, np.float64)
-    return float(np.mean(p * len(p) >= KEPT_RATE))
+        first = value if first is None else first
+    return {**ranked[0], "kept": first}

@@ -112,8 +112,7 @@ def test_tell_without_persist_keeps_file_untouched(tmp_path):
 
 
 def test_kept_share_is_the_kept_fraction_of_a_step():
-    from swift_scale.sampler import SwiftSampler
-    from swift_scale.search.trials import kept_share
+    from swift_scale.sampler import SwiftSampler, kept_share
 
     rng = np.random.default_rng(0)
     feats = {"loss": rng.random(4000).astype(np.float32), "renormed_entropy": rng.random(4000).astype(np.float32),

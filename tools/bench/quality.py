@@ -42,12 +42,12 @@ def pct(x):
 def sampler_stats(pipe) -> dict:
     """AUROC, the share of examples below 0.1× uniform, and the share of draws that land on flipped labels."""
     from swift_scale.report.metrics import noise_auroc
-    from swift_scale.sampler.swift import SwiftSampler
+    from swift_scale.sampler.swift import SwiftSampler, kept_share
 
     noisy = pipe.data.noisy_ids
     sampler, feats = SwiftSampler.load(pipe.dir / "sampler.json"), pipe.train_features()
     p = sampler.probs(feats)
-    out = {"share_below_0.1x": round(float(np.mean(p * len(p) < 0.1)), 3)}
+    out = {"share_below_0.1x": round(1 - kept_share(p), 3)}
     if len(noisy):
         out.update(auroc=round(noise_auroc(p, noisy), 3), noisy_draw_share=round(float(p[noisy].sum()), 3))
         out.update(ranking_auroc(sampler.score(feats), p, noisy))
