@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,52 +47,6 @@ class TrialResult:
     rungs: dict[int, float] = field(default_factory=dict)
     stopped_at: int | None = None
     seconds: float = 0.0
-
-
-def _spread(tid: int, cores: list[int], busy, period: float = 0.02) -> None:
-    """Move the helper's computing thread ``tid`` round-robin over ``cores`` every ``period`` seconds while
-    ``busy`` is set (idle, it blocks on its pipe wherever it was). With every core running a trainer, the scheduler
-    keeps the helper on the core of the process that woke it, so one trainer pays the whole proposal each round
-    and the others wait for it at the gather; spread, each pays 1/len(cores) of it."""
-    i = 0
-    while True:
-        busy.wait()
-        try:
-            os.sched_setaffinity(tid, {cores[i % len(cores)]})
-        except OSError:  # the thread is gone, or the cores changed under us: stay where the scheduler puts it
-            return
-        i += 1
-        time.sleep(period)
-
-
-def _propose(conn, settings: dict, spread: list[int] | None = None) -> None:  # the helper process's loop
-    # (module level: spawn pickles it by name)
-    import threading
-
-    import torch
-
-    torch.set_num_threads(1)
-    busy = threading.Event()
-    if spread:
-        threading.Thread(target=_spread, args=(threading.get_native_id(), spread, busy), daemon=True).start()
-    with warnings.catch_warnings():  # import BoTorch now (seconds of CPU), while the first rounds train
-        warnings.simplefilter("ignore")
-        import botorch.acquisition  # noqa: F401
-        import botorch.fit  # noqa: F401
-        import botorch.optim  # noqa: F401
-    engine = SearchEngine(None, **settings)
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:  # the search process is gone
-            return
-        if msg is None:
-            return
-        engine.history, observed, pending, q = msg
-        busy.set()
-        out = engine.ask_batch(q, observed=observed, pending=pending)
-        busy.clear()
-        conn.send(out)
 
 
 def overlapped_inputs(history: Sequence[dict], start: int, slots: int) -> tuple[int, list[np.ndarray]]:
@@ -122,7 +75,7 @@ class Proposer:
     """The proposals of each round, for the main process.
 
     ``overlap=False``: a round's proposals are computed when it starts, from every finished trial.
-    ``overlap=True``: they are computed during the previous round, in a helper process (spawned once; it
+    ``overlap=True``: they are computed during the previous round, in a helper process (started once; it
     shares no RNG or threads with training), from the trials finished before that round and with its running
     trials as pending points — the proposal is then off the critical path as long as it takes less time than a
     round. A resumed search recomputes a round the same way. Random search and the fixed first points
@@ -132,7 +85,7 @@ class Proposer:
     def __init__(self, engine: SearchEngine, slots: int, overlap: bool):
         self.engine, self.slots = engine, slots
         self.overlap = overlap and engine.strategy == "bo"
-        self._conn: Any = None  # the helper's end of a multiprocessing Pipe, and the helper
+        self._conn: Any = None  # our end of the helper's socket (a multiprocessing Connection), and the helper
         self._proc: Any = None
         self._waiting: tuple[int, int] | None = None
 
@@ -150,22 +103,34 @@ class Proposer:
 
     def prepare(self, trials: int) -> None:
         """Start the helper at the start of the search when a later round will need the GP, so its start-up
-        (a process spawn and BoTorch's import) overlaps the first rounds instead of delaying the first GP round."""
+        (a fresh interpreter and BoTorch's import) overlaps the first rounds instead of delaying the first GP round."""
         if self.overlap and self._needs_gp(self.engine.num_trials, trials - self.engine.num_trials):
             self._spawn()
 
     def _spawn(self) -> None:
-        """Start the helper process (once)."""
+        """Start the helper process (once): a fresh interpreter running :mod:`swift_scale.search.helper`, which
+        imports only this package — never the user's ``__main__``, as a ``multiprocessing`` spawn would."""
         if self._proc is not None:
             return
-        import multiprocessing
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+        from pathlib import Path
 
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_propose, args=(child, self.engine.settings(), spread_cores()), daemon=True,
-                                 name="swift-scale-proposals")
-        self._proc.start()
-        child.close()
+        import swift_scale
+
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)  # the helper finds this package where this process found it (an uninstalled checkout)
+        root = str(Path(swift_scale.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "swift_scale.search.helper", str(theirs.fileno())],
+                                          pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send((self.engine.settings(), spread_cores()))
 
     def submit(self, start: int, q: int, running: Sequence[Trial] | None = None) -> None:
         """Start computing the round of trials start … start+q−1 while the round ``running`` trains."""
@@ -187,13 +152,22 @@ class Proposer:
         return self.engine.ask_batch(q, observed=observed, pending=pending)
 
     def close(self) -> None:
-        if self._proc is not None:
-            try:
-                self._conn.send(None)
-            except OSError:
-                pass
-            self._proc.join(timeout=10)
-            self._proc = None
+        """End the helper: ask it to stop, and kill it if it has not within 10 s."""
+        if self._proc is None:
+            return
+        import subprocess
+
+        try:
+            self._conn.send(None)
+        except OSError:  # it is gone already
+            pass
+        self._conn.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
 
 
 def run_search(engine: SearchEngine, trials: int,

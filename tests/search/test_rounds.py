@@ -241,7 +241,7 @@ def test_rungs_count_epochs_also_when_a_streamed_epoch_is_several_passes(passes_
 
 
 def test_the_helper_starts_with_the_search_only_when_a_round_will_need_the_gp():
-    """The helper's start-up (a spawn and BoTorch's import) overlaps the first rounds: it is started by
+    """The helper's start-up (an interpreter and BoTorch's import) overlaps the first rounds: it is started by
     ``prepare`` at the search's start when some later trial is a GP proposal, and never for searches made only of
     fixed points, random search, or without overlap."""
     fixed = _engine()  # uniform + 3 Sobol points: trials 0-3 fixed, the GP from trial 4
@@ -250,13 +250,77 @@ def test_the_helper_starts_with_the_search_only_when_a_round_will_need_the_gp():
         helper.prepare(4)
         assert helper._proc is None
         helper.prepare(6)
-        assert helper._proc is not None and helper._proc.is_alive()
+        assert helper._proc is not None and helper._proc.poll() is None  # running
     finally:
         helper.close()
     for engine, overlap in ((_engine(strategy="random"), True), (_engine(), False)):
         p = Proposer(engine, slots=1, overlap=overlap)
         p.prepare(40)
         assert p._proc is None
+
+
+NO_MAIN_GUARD = """
+import json, sys
+import numpy as np
+from swift_scale.sampler import UNIFORM_THETA
+from swift_scale.search import SearchEngine
+from swift_scale.search.driver import Proposer, overlapped_inputs
+with open(sys.argv[1], "a") as f:  # top-level code: a helper that re-imported __main__ would run it again
+    f.write("ran\\n")
+e = SearchEngine(None, seed=1, num_restarts=2, raw_samples=64, initial=[UNIFORM_THETA], n_init=2)
+while e.num_trials < 3:
+    t = e.ask()
+    e.tell(t, -float(np.sum(t.theta ** 2)))
+p = Proposer(e, slots=2, overlap=True)
+p.submit(3, 2)
+helped = p.round(3, 2)
+p.close()
+observed, pending = overlapped_inputs(e.history, 3, 2)  # what the helper was given
+inline = e.ask_batch(2, observed=observed, pending=pending)
+print(json.dumps([[t.theta.tolist() for t in helped], [t.theta.tolist() for t in inline]]))
+"""
+
+
+def test_the_helper_never_reruns_a_script_without_a_main_guard(tmp_path):
+    """A Python-API script that starts a search at top level (no ``if __name__ == "__main__":``) runs once: the
+    helper is a fresh interpreter, not a multiprocessing spawn that re-imports ``__main__`` (which ran the
+    script again in the helper and broke the search's pipe), and it proposes what the search would in place."""
+    import subprocess
+    import sys
+
+    script, marks = tmp_path / "no_guard.py", tmp_path / "marks.txt"
+    script.write_text(NO_MAIN_GUARD)
+    res = subprocess.run([sys.executable, str(script), str(marks)], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert marks.read_text() == "ran\n"
+    helped, inline = json.loads(res.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(helped, inline, atol=1e-6)
+
+
+def test_closing_kills_a_helper_that_does_not_stop(monkeypatch):
+    """``close`` ends a helper that ignores the stop message within its wait (here: one that is stopped, SIGSTOP),
+    so a search never hangs on its exit."""
+    import os
+    import signal
+    import subprocess
+
+    p = Proposer(_engine(), slots=1, overlap=True)
+    p.prepare(6)
+    proc = p._proc
+    os.kill(proc.pid, signal.SIGSTOP)
+    real_wait = proc.wait
+    waits = []
+
+    def wait(timeout=None):
+        waits.append(timeout)
+        if timeout is not None:  # skip the 10 s the real helper would get
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        return real_wait()
+
+    monkeypatch.setattr(proc, "wait", wait)
+    p.close()
+    assert waits == [10, None] and proc.returncode == -signal.SIGKILL and p._proc is None
 
 
 @pytest.mark.slow
