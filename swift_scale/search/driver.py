@@ -118,11 +118,9 @@ class Proposer:
         from multiprocessing.connection import Connection
         from pathlib import Path
 
-        import swift_scale
-
         ours, theirs = socket.socketpair()
         env = dict(os.environ)  # the helper finds this package where this process found it (an uninstalled checkout)
-        root = str(Path(swift_scale.__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding swift_scale/
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         try:
             self._proc = subprocess.Popen([sys.executable, "-m", "swift_scale.search.helper", str(theirs.fileno())],
