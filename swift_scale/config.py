@@ -229,6 +229,14 @@ class SearchConfig:
     (summary.json ``rounds``). Those features are θ0-style: ``dyn_loss`` / ``aum`` / ``wrong_frac`` become that
     model's ``loss``. Each round adds a features pass, a search and a final training; the rounds stop early
     after a round whose final val is not above the round before's (on clean labels, usually after round 2)."""
+    round_scoring: str = "final"
+    """What scores the features of a round after the first: ``final`` (the previous round's final model) or
+    ``crossfit`` (``crossfit_folds`` models, each trained like that final model under the previous round's sampler
+    but without one fold of the examples; every example is scored by the model that never trained on it, so a
+    flipped label the previous sampler let through is not judged by a model that memorised it). ``crossfit`` adds
+    ``crossfit_folds`` trainings to each later round."""
+    crossfit_folds: int = 2
+    """Folds of ``round_scoring=crossfit`` (examples are assigned by a hash of the seed and their global id)."""
     overlap: bool = True
     """Compute the next round's proposals in a helper process while the current round trains, with the running
     trials as pending points, so the GP is off the critical path; false = after each round, from its results."""
@@ -365,6 +373,10 @@ class Config:
             self.sampler.features), "search.rounds",
              f"rounds after the first read θ0-style features, where {self.sampler.features} both become 'loss'; "
              "give sampler.features at most one of dyn_loss, aum, wrong_frac")
+        need(self.search.round_scoring in ("final", "crossfit"), "search.round_scoring",
+             f"must be final or crossfit, got {self.search.round_scoring!r}")
+        need(self.search.crossfit_folds >= 2, "search.crossfit_folds",
+             f"must be >= 2 (each model leaves one fold out), got {self.search.crossfit_folds}")
         need(self.train.final_mode in ("scratch", "finetune", "best_trial"), "train.final_mode",
              f"must be scratch, finetune or best_trial, got {self.train.final_mode!r}")
         need(self.train.final_checkpoint in ("best_val", "last"), "train.final_checkpoint",

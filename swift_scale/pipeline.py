@@ -29,6 +29,7 @@ from swift_scale.report.tracking import Tracking, accelerator_for
 from swift_scale.run_folder import RunFolder
 from swift_scale.sampler.swift import SwiftSampler, kept_share
 from swift_scale.search.trials import SamplerSearch
+from swift_scale.selection import fold_of
 from swift_scale.train.tasks import Task, sampler_features, task_for
 from swift_scale.train.trainer import Trainer
 
@@ -51,6 +52,7 @@ class Pipeline:
         self.acc = accelerator or accelerator_for(cfg, self.dir / "logs")
         self.tracking = Tracking(cfg, self.acc)
         self.log = self.tracking.log
+        self.crossfit_folds = 0  # > 0: a later round whose features come from cross-fitted models (round_pipeline)
 
     # -- the run folder -------------------------------------------------------------------------------------
     def check(self, sampler_path: str | Path | None = None) -> None:
@@ -154,18 +156,40 @@ class Pipeline:
         store_dir = self.dir / "features"
         if (store_dir / "meta.json").exists() and (store := FeatureStore(store_dir)).complete:
             return self.folder.note_skipped(self.data, store, self.acc.is_main_process)
-        model = self.acc.prepare(self.new_model(self.theta0()))
+        route = None
+        if self.crossfit_folds:  # each example scored by the fold model that never trained on it
+            weights = [self.folder.load_weights(f"crossfit/fold{k}/best.pt") for k in range(self.crossfit_folds)]
+            folds, seed = self.crossfit_folds, self.cfg.seed
+            route = lambda ids: fold_of(ids, folds, seed)  # noqa: E731
+        else:
+            weights = [self.theta0()]
+        models = [self.acc.prepare(self.new_model(w)) for w in weights]
         idx, f = self.data.index["train"], self.cfg.features
         dyn = self.dir / "pretrain" / "dynamics"
         extra = None
         if f.dynamics and dyn.exists():
             until = self.folder.dynamics_epoch(self.folder.read_json("pretrain/metrics.json"))
             extra = dynamics_features(dyn, len(self.data.train), until, self.acc.num_processes)
-        store = extract_features(self.acc, model, self.data.train, store_dir, idx.offsets, idx.counts, self.task,
+        store = extract_features(self.acc, models, self.data.train, store_dir, idx.offsets, idx.counts, self.task,
                                  extra=extra, batch_size=f.batch_size, quantile_points=f.quantile_points,
-                                 progress=self.cfg.train.progress)
+                                 progress=self.cfg.train.progress, route=route)
         self.acc.free_memory()
         return self.folder.note_skipped(self.data, store, self.acc.is_main_process)
+
+    def crossfit(self, prev: Pipeline) -> list[dict]:
+        """A later round's scoring models (``search.round_scoring=crossfit``, docs/design.md §1.6): for each fold
+        k, a training like ``prev``'s final one (its sampler, from scratch, the full budget) on the examples of
+        the other folds, into ``crossfit/fold<k>/``; its best-val checkpoint scores the examples of fold k."""
+        sampler = SwiftSampler.load(prev.dir / "sampler.json")
+        probs = sampler.probs(prev.train_features())
+        fold = fold_of(np.arange(len(probs)), self.crossfit_folds, self.cfg.seed)
+        out = []
+        for k in range(self.crossfit_folds):
+            rel = f"crossfit/fold{k}"
+            out.append(self.folder.read_json(f"{rel}/metrics.json") if self.folder.has(f"{rel}/metrics.json")
+                       else self.train_with(np.where(fold == k, 0.0, probs), self.dir / rel, f"crossfit fold {k}",
+                                            sampler))
+        return out
 
     def search(self) -> dict:
         """Bayesian optimisation over θ (:class:`~swift_scale.search.trials.SamplerSearch`); keeps the chosen
@@ -241,6 +265,7 @@ class Pipeline:
         cfg.search.rounds = 1
         cfg.train.log_with = ""  # this run's trackers carry its numbers
         child = Pipeline(cfg, self.acc)
+        child.crossfit_folds = cfg.search.crossfit_folds if cfg.search.round_scoring == "crossfit" else 0
         child.__dict__["data"] = self.data  # the same examples, index and noise: read once
         child.log = lambda prefix, values, step: self.log(f"round{r}/{prefix}", values, step)
         return child
@@ -271,6 +296,8 @@ class Pipeline:
                 break  # the last round did not raise the final val score: another would start from a worse model
             child = self.round_pipeline(r)
             self._seed_round(child, prev)
+            if child.crossfit_folds:
+                child._phase("crossfit", lambda: child.crossfit(prev))  # noqa: B023 (called at once)
             for phase, fn in (("features", child.features), ("search", child.search), ("final", child.final)):
                 child._phase(phase, fn)
             summaries[r] = child.summary()

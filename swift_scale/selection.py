@@ -13,6 +13,7 @@ rank, in every DataLoader worker, and after a restart. Nothing draws from a glob
   sampling without replacement (Efraimidis–Spirakis). Because a key depends on the id alone, a kept set is
   identical however the ids are split over ranks, workers or chunks.
 - :func:`keep_top_k` — keep exactly k of a window of m candidates (the online mode: 2B → B).
+- :func:`fold_of` — the cross-fitting fold of each id (later rounds' features, docs/design.md §1.6).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ __all__ = [
     "keep_mask",
     "keep_set",
     "keep_top_k",
+    "fold_of",
 ]
 
 _EPOCH = stream_id("epoch")
 _KEEP = stream_id("keep")
+_FOLD = stream_id("fold")
 
 
 def epoch_indices(p: np.ndarray | None, num_examples: int, seed: int, epoch: int,
@@ -109,3 +112,11 @@ def keep_top_k(ids: np.ndarray, p: np.ndarray, k: int, seed: int, epoch: int) ->
     mask = np.zeros(len(keys), dtype=bool)
     mask[np.argpartition(keys, k - 1)[:k]] = True
     return mask
+
+
+def fold_of(ids: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold (int64 in [0, folds), shape of ``ids``) of each global id: a hash of (seed, id), so every rank
+    and every rerun puts an example in the same fold; each fold holds ≈ 1/folds of any large set of ids."""
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    return (uniform01(seed, _FOLD, 0, ids) * folds).astype(np.int64)

@@ -66,6 +66,8 @@ def test_model_kwargs_from_yaml_and_cli(tmp_path):
     ("search.theta0_epoch=99", "search.theta0_epoch"),
     ("search.rounds=0", "search.rounds"),
     ("search.min_kept=1", "search.min_kept"),
+    ("search.round_scoring=oracle", "search.round_scoring"),
+    ("search.crossfit_folds=1", "search.crossfit_folds"),
     ("sampler.transform=log", "sampler.transform"),
     ("sampler.segments=0", "sampler.segments"),
     ("train.schedule=linear", "train.schedule"),

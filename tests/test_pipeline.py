@@ -251,3 +251,52 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     assert [e["round"] for e in three["rounds"]] == [1, 2, 3]
     a, b = (torch.load(p, weights_only=True) for p in (dst / "round3" / "pretrain" / "theta0.pt", r2 / "final" / "best.pt"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crossfit_rounds_score_each_example_with_the_fold_model_that_never_trained_on_it(
+        finished, tmp_path, digits_shards, monkeypatch):
+    """search.round_scoring=crossfit: round 2 trains one model per fold under round 1's sampler with that fold's
+    examples left out, and each example's round-2 features are those of the model that never trained on it."""
+    import shutil
+
+    from swift_scale.features.extract import extract_features
+    from swift_scale.selection import fold_of
+    from swift_scale.train.trainer import Trainer
+
+    out, _ = finished
+    dst = tmp_path / "run"
+    shutil.copytree(out, dst)
+    trained = {}
+    real = Trainer.train_to
+
+    def spy(self, where, probs, **kw):
+        trained[where.name] = None if probs is None else np.array(probs)
+        return real(self, where, probs, **kw)
+
+    monkeypatch.setattr(Trainer, "train_to", spy)
+    extra = ("search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3", "search.rounds=2",
+             "search.round_scoring=crossfit", "run.allow_changed_config=true")
+    pipe = _pipe(digits_shards, dst, *extra)
+    pipe.run(until="final")
+    r2, n = dst / "round2", len(pipe.data.train)
+    fold = fold_of(np.arange(n), 2, pipe.cfg.seed)
+    assert 0.35 < fold.mean() < 0.65
+    p1 = SwiftSampler.load(dst / "sampler.json").probs(pipe.train_features())
+    for k in range(2):  # fold k's model drew round 1's sampler on the other fold only
+        np.testing.assert_array_equal(trained[f"fold{k}"], np.where(fold == k, 0.0, p1))
+        assert (r2 / "crossfit" / f"fold{k}" / "best.pt").is_file()
+    store = pipe.round_pipeline(2).train_features()
+    idx = pipe.data.index["train"]
+    for k in range(2):
+        model = pipe.new_model(pipe.folder.load_weights(f"round2/crossfit/fold{k}/best.pt"))
+        alone = extract_features(pipe.acc, model, pipe.data.train, tmp_path / f"alone{k}", idx.offsets, idx.counts,
+                                 pipe.task, progress=False)
+        for name in ("loss", "renormed_entropy", "grad_proxy"):
+            np.testing.assert_array_equal(store[name][fold == k], alone.column(name)[fold == k])
+    assert "crossfit" in json.loads((r2 / "seconds.json").read_text())
+    # a rerun reads the fold models back
+    stamp = (r2 / "crossfit" / "fold1" / "metrics.json").stat().st_mtime_ns
+    trained.clear()
+    _pipe(digits_shards, dst, *extra).run(until="final")
+    pipe.acc.end_training()
+    assert not trained and (r2 / "crossfit" / "fold1" / "metrics.json").stat().st_mtime_ns == stamp

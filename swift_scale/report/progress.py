@@ -29,6 +29,10 @@ def phase_line(phase: str, seconds: float, result: Any, metric: str, history: li
     head = f"{phase:<9}{seconds:8.1f} s  "
     if phase in ("pretrain", "final") or phase.startswith("rule"):
         return head + _training(metric, result)
+    if phase == "crossfit" and result:
+        shown = ", ".join(_fmt(metric, m["best"]["val"][metric] if m.get("best") else m["val"][metric])
+                          for m in result)
+        return head + f"{len(result)} fold models, best val {metric} {shown}"
     if phase == "features" and result is not None:
         return head + f"{result.num_examples} examples × {len(result.feature_names)} features"
     if phase == "search" and history:

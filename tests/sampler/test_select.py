@@ -109,3 +109,18 @@ def test_distributed_weighted_sampler_ranks_partition_one_draw():
     assert np.corrcoef(counts, p)[0, 1] > 0.95
     with pytest.raises(ValueError):
         DistributedWeightedSampler(p, rank=3, world_size=3)
+
+
+def test_folds_are_a_pure_balanced_function_of_seed_and_id():
+    from swift_scale.selection import fold_of
+
+    ids = np.arange(100_000)
+    folds = fold_of(ids, 4, seed=3)
+    assert folds.dtype == np.int64 and set(np.unique(folds)) == {0, 1, 2, 3}
+    np.testing.assert_allclose(np.bincount(folds) / len(ids), 0.25, atol=0.01)
+    # any split of the ids over ranks or chunks gives each id the same fold; another seed another assignment
+    np.testing.assert_array_equal(np.concatenate([fold_of(ids[r::3], 4, 3) for r in range(3)]),
+                                  np.concatenate([folds[r::3] for r in range(3)]))
+    assert (fold_of(ids, 4, seed=4) != folds).mean() > 0.7
+    with pytest.raises(ValueError, match="folds"):
+        fold_of(ids, 0, seed=3)
