@@ -113,6 +113,11 @@ class DataConfig:
     oversample: float = 2.0
     """Streaming mode: candidates per kept sample (2 = take 2B, keep B); a sampled run makes
     ``epochs × oversample`` passes so its optimizer steps match the uniform run's."""
+    draw: str = "replacement"
+    """Indexed mode: how a sampled epoch draws ids. ``replacement``: ⌈N / B⌉·B ids ∝ p (a step keeping 25% of
+    the data shows each kept id ~4× an epoch). ``passes``: as streaming does, ``oversample`` passes each keeping
+    N / ``oversample`` ids ∝ p without replacement, so an id is drawn at most ``oversample``× an epoch (the
+    streaming sampler family, in memory)."""
     shuffle_buffer: int = 1000
     """Streaming mode: raw samples each worker holds for shuffling (0 = stored order; shard order is always
     shuffled per pass)."""
@@ -373,6 +378,8 @@ class Config:
             self.sampler.features), "search.rounds",
              f"rounds after the first read θ0-style features, where {self.sampler.features} both become 'loss'; "
              "give sampler.features at most one of dyn_loss, aum, wrong_frac")
+        need(self.data.draw in ("replacement", "passes"), "data.draw",
+             f"must be replacement or passes, got {self.data.draw!r}")
         need(self.search.round_scoring in ("final", "crossfit"), "search.round_scoring",
              f"must be final or crossfit, got {self.search.round_scoring!r}")
         need(self.search.crossfit_folds >= 2, "search.crossfit_folds",

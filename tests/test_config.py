@@ -67,6 +67,7 @@ def test_model_kwargs_from_yaml_and_cli(tmp_path):
     ("search.rounds=0", "search.rounds"),
     ("search.min_kept=1", "search.min_kept"),
     ("search.round_scoring=oracle", "search.round_scoring"),
+    ("data.draw=sometimes", "data.draw"),
     ("search.crossfit_folds=1", "search.crossfit_folds"),
     ("sampler.transform=log", "sampler.transform"),
     ("sampler.segments=0", "sampler.segments"),

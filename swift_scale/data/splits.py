@@ -18,9 +18,12 @@ import torch
 
 from swift_scale.data.decode import images_to_input
 from swift_scale.data.shards import ShardIndex
-from swift_scale.selection import epoch_indices, rank_share
+from swift_scale.rng import generator, stream_id
+from swift_scale.selection import epoch_indices, keep_set, rank_share
 
 __all__ = ["Batch", "TrainingSource", "Split", "TokenSplit", "Data", "OnlineSelect"]
+
+_PASS_ORDER = stream_id("indexed-pass")
 
 #: (model input on the device, targets on the device, global ids int64 [b] on the CPU)
 Batch = tuple[torch.Tensor, torch.Tensor, np.ndarray]
@@ -62,10 +65,17 @@ class TrainingSource(Protocol):
 
 @dataclass
 class Split:
-    """A decoded image split held in memory: images uint8 [N, C, H, W], labels int64 [N]; row = global id."""
+    """A decoded image split held in memory: images uint8 [N, C, H, W], labels int64 [N]; row = global id.
+
+    ``cap`` (``data.draw=passes``): 0 draws a sampled epoch ∝ p with replacement; c > 0 makes it ``round(c)``
+    passes, each keeping round(N / c) ids ∝ p *without* replacement by the race keys a streaming pass uses
+    (:func:`~swift_scale.selection.keep_set`, the same kept set for the same seed, pass and p), so no example is
+    drawn more than once a pass. An id with p = 0 is never drawn (a streaming pass takes them in when fewer than
+    round(N / c) ids have p > 0)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    cap: float = 0.0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,13 +94,21 @@ class Split:
         return self.to_input(self.inputs(idx), device), self.labels[idx].to(device, non_blocking=True)
 
     def passes(self, epochs: int, sampled: bool) -> int:
-        return epochs
+        return max(1, round(epochs * self.cap)) if sampled and self.cap else epochs
 
     def epoch(self, probs, epoch, *, seed, rank, world, per_rank, start_step, device, online=None):
         """An epoch of ⌈N / (world·b)⌉ steps: ids drawn ∝ p from (seed, epoch), identically on every rank, and
-        dealt into equal rank shares (:func:`~swift_scale.selection.rank_share`)."""
-        steps = math.ceil(len(self) / (per_rank * world))
-        ids = rank_share(epoch_indices(probs, len(self), seed, epoch, steps * per_rank * world), rank, world)
+        dealt into equal rank shares (:func:`~swift_scale.selection.rank_share`). With ``cap`` and a sampler,
+        pass ``epoch`` instead: its kept ids in an order drawn from (seed, pass), ⌊K / (world·b)⌋ steps."""
+        if probs is not None and self.cap:
+            p = np.asarray(probs, dtype=np.float64)
+            _, mask = keep_set(p, 1.0 / self.cap, seed, epoch)
+            kept = generator(seed, _PASS_ORDER, epoch).permutation(np.flatnonzero(mask & (p > 0)))
+            steps = len(kept) // (per_rank * world)
+            ids = rank_share(kept[:steps * per_rank * world], rank, world)
+        else:
+            steps = math.ceil(len(self) / (per_rank * world))
+            ids = rank_share(epoch_indices(probs, len(self), seed, epoch, steps * per_rank * world), rank, world)
         rows = (ids[i * per_rank:(i + 1) * per_rank] for i in range(start_step, steps))
         return steps, ((*self.batch(r, device), r) for r in rows)
 
@@ -108,8 +126,8 @@ class TokenSplit(Split):
     """Packed token sequences held in memory, int64 [N, T]; row = global id. Input and target are the same
     sequence (the task shifts it for next-token prediction)."""
 
-    def __init__(self, tokens: torch.Tensor):
-        super().__init__(tokens, tokens)
+    def __init__(self, tokens: torch.Tensor, cap: float = 0.0):
+        super().__init__(tokens, tokens, cap)
 
     @property
     def tokens(self) -> torch.Tensor:

@@ -218,3 +218,37 @@ def test_bad_samples_in_streaming_skip_mode(tmp_path):
     strict = StreamingSplit(index, StreamOptions(num_classes=10, on_error="fail", sample_shape=(1, 4, 4)))
     with pytest.raises(DataError, match="'badpng' cannot be decoded.*data.on_error=skip"):
         list(strict.feature_batches(0, 0, 0, 4))
+
+
+def test_indexed_passes_keep_the_streaming_pass_set_without_replacement(split_factory):
+    """data.draw=passes: an in-memory sampled epoch is `oversample` passes, each drawing from the kept set a
+    streaming pass would keep (same seed, pass, p), every id at most once, the same ids for world 1, 2 and 4."""
+    from swift_scale.data.splits import Split
+
+    stream = split_factory()
+    n = len(stream)
+    images, labels = torch.zeros((n, 1, 2, 2), dtype=torch.uint8), torch.arange(n)
+    split = Split(images, labels, cap=2.0)
+    assert split.passes(5, sampled=True) == 10 and split.passes(5, sampled=False) == 5
+    p = np.random.default_rng(1).random(n) ** 3
+    p[:40] = 0.0  # never drawn
+    p /= p.sum()
+    for pass_ in (0, 3):
+        kept = stream.plan(p, pass_).mask
+        sets = []
+        for world in (1, 2, 4):
+            per_rank = 32 // world
+            shares = [split.epoch(p, pass_, seed=3, rank=r, world=world, per_rank=per_rank, start_step=0,
+                                  device="cpu") for r in range(world)]
+            assert {steps for steps, _ in shares} == {round(n / 2) // 32}  # equal steps on every rank
+            ids = [int(i) for _, batches in shares for _, y, _ in batches for i in y]
+            assert len(ids) == len(set(ids)) == (round(n / 2) // 32) * 32  # without replacement
+            assert kept[ids].all() and not (p[ids] == 0).any()
+            sets.append(set(ids))
+        assert sets[0] == sets[1] == sets[2]
+    # uniform epochs and cap 0 are unchanged: every id once / with replacement ∝ p
+    steps, batches = split.epoch(None, 0, seed=3, rank=0, world=1, per_rank=32, start_step=0, device="cpu")
+    assert {int(i) for _, y, _ in batches for i in y} == set(range(n))
+    drawn = [int(i) for _, y, _ in Split(images, labels).epoch(p, 0, seed=3, rank=0, world=1, per_rank=32,
+                                                                    start_step=0, device="cpu")[1] for i in y]
+    assert len(drawn) > len(set(drawn))
