@@ -55,7 +55,7 @@ def load_data(cfg: Config, accelerator, run_dir: Path) -> Data:
         errors = [{"split": s, **e} for s, ld in loaded.items() for e in ld.errors]
         data.records["index.json"] = {s: i.to_dict() for s, i in index.items()}
         data.records["data_errors.json"] = {"count": len(errors), "errors": errors}
-    if cfg.data.mode == "indexed" and cfg.data.draw == "passes":  # sampled epochs drawn as streaming passes
+    if isinstance(data.train, Split) and cfg.data.draw == "passes":  # sampled epochs drawn as streaming passes
         data.train.cap = cfg.data.oversample
     scored = len(data.val) * (cfg.data.seq_len - 1 if cfg.data.task == "lm" else 1)  # examples or tokens
     least = MIN_VAL_EXAMPLES * (40 if cfg.data.task == "lm" else 1)

@@ -69,6 +69,7 @@ def extract_features(accelerator, model: torch.nn.Module | Sequence[torch.nn.Mod
             if len(per_model) == 1:
                 feats = per_model[0]
             else:
+                assert route is not None  # checked above
                 which = torch.from_numpy(route(ids.numpy())).to(per_model[0].device)
                 feats = torch.stack(per_model)[which, torch.arange(len(which), device=which.device)]
             rows = feats.float().cpu().numpy()

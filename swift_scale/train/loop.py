@@ -91,6 +91,7 @@ class Checkpoints:
             return ResumePoint()
         try:
             saved = self._committed()
+            assert saved is not None  # state.json exists
             accelerator.load_state(str(self.root / saved["dir"]))
             return ResumePoint(int(saved["epoch"]), int(saved.get("step", 0)), float(saved.get("loss_sum", 0.0)),
                                list(saved["curve"]))
