@@ -187,8 +187,8 @@ class Pipeline:
         for k in range(self.crossfit_folds):
             rel = f"crossfit/fold{k}"
             out.append(self.folder.read_json(f"{rel}/metrics.json") if self.folder.has(f"{rel}/metrics.json")
-                       else self.train_with(np.where(fold == k, 0.0, probs), self.dir / rel, f"crossfit fold {k}",
-                                            sampler))
+                       else self.trainer.train_to(self.dir / rel, np.where(fold == k, 0.0, probs),
+                                                  desc=f"crossfit fold {k}", online=prev._online(sampler)))
         return out
 
     def search(self) -> dict:
