@@ -111,8 +111,8 @@ class DataConfig:
     shards, or text files / ``hf:BUILDER:FILES`` text tokenized once into a cache beside the run
     (``runs/<name>.tokens``)."""
     oversample: float = 2.0
-    """Streaming mode: candidates per kept sample (2 = take 2B, keep B); a sampled run makes
-    ``epochs × oversample`` passes so its optimizer steps match the uniform run's."""
+    """Streaming mode (and indexed with ``draw=passes``): candidates per kept sample (2 = take 2B, keep B); a
+    sampled run makes ``epochs × oversample`` passes so its optimizer steps match the uniform run's."""
     draw: str = "replacement"
     """Indexed mode: how a sampled epoch draws ids. ``replacement``: ⌈N / B⌉·B ids ∝ p (a step keeping 25% of
     the data shows each kept id ~4× an epoch). ``passes``: as streaming does, ``oversample`` passes each keeping
@@ -382,6 +382,9 @@ class Config:
              f"must be replacement or passes, got {self.data.draw!r}")
         need(self.search.round_scoring in ("final", "crossfit"), "search.round_scoring",
              f"must be final or crossfit, got {self.search.round_scoring!r}")
+        need(self.search.round_scoring != "crossfit" or not self.data.online, "search.round_scoring",
+             "crossfit needs the stored features (data.online scores candidates with θ0 online); set "
+             "data.online=false or search.round_scoring=final")
         need(self.search.crossfit_folds >= 2, "search.crossfit_folds",
              f"must be >= 2 (each model leaves one fold out), got {self.search.crossfit_folds}")
         need(self.train.final_mode in ("scratch", "finetune", "best_trial"), "train.final_mode",

@@ -154,8 +154,8 @@ class Pipeline:
     def features(self) -> FeatureStore:
         """θ0's features of every training example, in the store (done once; resumed per shard)."""
         store_dir = self.dir / "features"
-        if (store_dir / "meta.json").exists() and (store := FeatureStore(store_dir)).complete:
-            return self.folder.note_skipped(self.data, store, self.acc.is_main_process)
+        if self.features_done():
+            return self.folder.note_skipped(self.data, FeatureStore(store_dir), self.acc.is_main_process)
         route = None
         if self.crossfit_folds:  # each example scored by the fold model that never trained on it
             weights = [self.folder.load_weights(f"crossfit/fold{k}/best.pt") for k in range(self.crossfit_folds)]
@@ -163,7 +163,9 @@ class Pipeline:
             route = lambda ids: fold_of(ids, folds, seed)  # noqa: E731
         else:
             weights = [self.theta0()]
-        models = [self.acc.prepare(self.new_model(w)) for w in weights]
+        # no DDP wrapper: the pass has no gradients, and a wrapped forward is a collective (buffer broadcast) that
+        # would hang the other ranks when one has no shard left to score
+        models = [self.new_model(w).to(self.acc.device) for w in weights]
         idx, f = self.data.index["train"], self.cfg.features
         dyn = self.dir / "pretrain" / "dynamics"
         extra = None
@@ -176,10 +178,15 @@ class Pipeline:
         self.acc.free_memory()
         return self.folder.note_skipped(self.data, store, self.acc.is_main_process)
 
+    def features_done(self) -> bool:
+        store_dir = self.dir / "features"
+        return (store_dir / "meta.json").exists() and FeatureStore(store_dir).complete
+
     def crossfit(self, prev: Pipeline) -> list[dict]:
         """A later round's scoring models (``search.round_scoring=crossfit``, docs/design.md §1.6): for each fold
-        k, a training like ``prev``'s final one (its sampler, from scratch, the full budget) on the examples of
-        the other folds, into ``crossfit/fold<k>/``; its best-val checkpoint scores the examples of fold k."""
+        k, a training under ``prev``'s sampler (from scratch, ``train.epochs``, whatever ``train.final_mode``) on
+        the examples of the other folds (fold k's p set to 0), into ``crossfit/fold<k>/``; its best-val checkpoint
+        scores the examples of fold k."""
         sampler = SwiftSampler.load(prev.dir / "sampler.json")
         probs = sampler.probs(prev.train_features())
         fold = fold_of(np.arange(len(probs)), self.crossfit_folds, self.cfg.seed)
@@ -296,7 +303,7 @@ class Pipeline:
                 break  # the last round did not raise the final val score: another would start from a worse model
             child = self.round_pipeline(r)
             self._seed_round(child, prev)
-            if child.crossfit_folds:
+            if child.crossfit_folds and not child.features_done():
                 child._phase("crossfit", lambda: child.crossfit(prev))  # noqa: B023 (called at once)
             for phase, fn in (("features", child.features), ("search", child.search), ("final", child.final)):
                 child._phase(phase, fn)

@@ -90,18 +90,21 @@ def keep_threshold(keys: np.ndarray, k: int) -> float:
 
 
 def keep_set(probs: np.ndarray, keep_fraction: float, seed: int, epoch: int) -> tuple[float, np.ndarray]:
-    """(threshold, boolean mask [N]) keeping exactly round(N·keep_fraction) ids, without replacement, ∝ p."""
+    """(threshold, boolean mask [N]) keeping exactly round(N·keep_fraction) ids, without replacement, ∝ p; every
+    id with p > 0 when fewer have (an id with p = 0 is never kept)."""
     if not 0 < keep_fraction <= 1:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction} (1 / oversampling factor)")
     n = len(probs)
     keys = race_keys(np.arange(n), probs, seed, epoch)
     t = keep_threshold(keys, max(1, round(n * keep_fraction)))
-    return t, keys <= t
+    return t, (keys <= t) & np.isfinite(keys)
 
 
 def keep_mask(ids: np.ndarray, p: np.ndarray, threshold: float, seed: int, epoch: int) -> np.ndarray:
-    """Which of ``ids`` (with probabilities ``p``) are kept under a global threshold; chunk-invariant."""
-    return race_keys(ids, p, seed, epoch) <= threshold
+    """Which of ``ids`` (with probabilities ``p``) are kept under a global threshold; chunk-invariant. An id with
+    p = 0 is never kept."""
+    keys = race_keys(ids, p, seed, epoch)
+    return (keys <= threshold) & np.isfinite(keys)
 
 
 def keep_top_k(ids: np.ndarray, p: np.ndarray, k: int, seed: int, epoch: int) -> np.ndarray:

@@ -141,3 +141,10 @@ def test_cli_corrupt_checkpoint_is_named(tmp_path, digits_shards):
     (out / "pretrain" / "ckpt" / "state.json").write_text("{broken")
     res = cli("run", *args)
     assert res.returncode == 2 and "ckpt/state.json" in res.stderr and "to redo that phase" in res.stderr
+
+
+def test_crossfit_rounds_need_stored_features():
+    base = ["data.train=a", "data.val=b", "data.test=c", "data.mode=streaming", "data.online=true"]
+    assert load_config(None, base).data.online
+    with pytest.raises(ConfigError, match=r"^search.round_scoring: crossfit needs the stored features"):
+        load_config(None, [*base, "search.round_scoring=crossfit"])

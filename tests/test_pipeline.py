@@ -266,14 +266,26 @@ def test_crossfit_rounds_score_each_example_with_the_fold_model_that_never_train
     out, _ = finished
     dst = tmp_path / "run"
     shutil.copytree(out, dst)
-    trained = {}
-    real = Trainer.train_to
+    from swift_scale.data.splits import Split
+
+    trained, drawn, now = {}, {}, []
+    real, real_epoch = Trainer.train_to, Split.epoch
 
     def spy(self, where, probs, **kw):
         trained[where.name] = None if probs is None else np.array(probs)
-        return real(self, where, probs, **kw)
+        now.append(where.name)
+        try:
+            return real(self, where, probs, **kw)
+        finally:
+            now.pop()
+
+    def spy_epoch(self, *args, **kw):  # the ids each training really draws
+        steps, batches = real_epoch(self, *args, **kw)
+        seen = drawn.setdefault(now[-1] if now else "", [])
+        return steps, ((x, y, seen.extend(ids.tolist()) or ids) for x, y, ids in batches)
 
     monkeypatch.setattr(Trainer, "train_to", spy)
+    monkeypatch.setattr(Split, "epoch", spy_epoch)
     extra = ("search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3", "search.rounds=2",
              "search.round_scoring=crossfit", "run.allow_changed_config=true")
     pipe = _pipe(digits_shards, dst, *extra)
@@ -284,6 +296,8 @@ def test_crossfit_rounds_score_each_example_with_the_fold_model_that_never_train
     p1 = SwiftSampler.load(dst / "sampler.json").probs(pipe.train_features())
     for k in range(2):  # fold k's model drew round 1's sampler on the other fold only
         np.testing.assert_array_equal(trained[f"fold{k}"], np.where(fold == k, 0.0, p1))
+        ids = np.array(drawn[f"fold{k}"])
+        assert len(ids) > 100 and not (fold[ids] == k).any() and (p1[ids] > 0).all()
         assert (r2 / "crossfit" / f"fold{k}" / "best.pt").is_file()
     store = pipe.round_pipeline(2).train_features()
     idx = pipe.data.index["train"]

@@ -187,9 +187,11 @@ def _indexed(cfg: Config, index, loaded: dict[str, LoadedSplit]) -> Data:
     train = loaded["train"]
     noise = _noise(cfg, len(train.labels), num_classes)
     num_errors = sum(len(ld.errors) for ld in loaded.values())
-    data = Data(index, Split(torch.from_numpy(train.images), torch.from_numpy(noise.apply(train.labels))),
+    valid = None if train.valid.all() else train.valid
+    data = Data(index, Split(torch.from_numpy(train.images), torch.from_numpy(noise.apply(train.labels)),
+                             valid=valid),
                 _eval_split(loaded["val"]), _eval_split(loaded["test"]), num_classes, noise.ids, num_errors,
-                None if train.valid.all() else train.valid)
+                valid)
     if cfg.data.noise_rate > 0:
         data.records["noise.json"] = noise.record(train.labels)
     return data

@@ -67,15 +67,18 @@ class TrainingSource(Protocol):
 class Split:
     """A decoded image split held in memory: images uint8 [N, C, H, W], labels int64 [N]; row = global id.
 
-    ``cap`` (``data.draw=passes``): 0 draws a sampled epoch ∝ p with replacement; c > 0 makes it ``round(c)``
-    passes, each keeping round(N / c) ids ∝ p *without* replacement by the race keys a streaming pass uses
-    (:func:`~swift_scale.selection.keep_set`, the same kept set for the same seed, pass and p), so no example is
-    drawn more than once a pass. An id with p = 0 is never drawn (a streaming pass takes them in when fewer than
-    round(N / c) ids have p > 0)."""
+    ``valid`` (bool [N], or None when every row is usable): rows that are never drawn (bad samples).
+
+    ``cap`` (``data.draw=passes``): 0 draws a sampled epoch ∝ p with replacement; c > 0 makes a sampled training of
+    E epochs max(1, round(E·c)) passes, each keeping round(N / c) ids ∝ p *without* replacement by the race keys a
+    streaming pass uses (:func:`~swift_scale.selection.keep_set`: the same kept set for the same seed, pass and p;
+    every id with p > 0 when fewer have), so no example is drawn more than once a pass. Uniform trainings are
+    unchanged."""
 
     images: torch.Tensor
     labels: torch.Tensor
     cap: float = 0.0
+    valid: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -101,12 +104,13 @@ class Split:
         dealt into equal rank shares (:func:`~swift_scale.selection.rank_share`). With ``cap`` and a sampler,
         pass ``epoch`` instead: its kept ids in an order drawn from (seed, pass), ⌊K / (world·b)⌋ steps."""
         if probs is not None and self.cap:
-            p = np.asarray(probs, dtype=np.float64)
-            _, mask = keep_set(p, 1.0 / self.cap, seed, epoch)
-            kept = generator(seed, _PASS_ORDER, epoch).permutation(np.flatnonzero(mask & (p > 0)))
+            _, mask = keep_set(np.asarray(probs, dtype=np.float64), 1.0 / self.cap, seed, epoch)
+            kept = generator(seed, _PASS_ORDER, epoch).permutation(np.flatnonzero(mask))
             steps = len(kept) // (per_rank * world)
             ids = rank_share(kept[:steps * per_rank * world], rank, world)
         else:
+            if probs is None and self.valid is not None:  # uniform over the usable rows
+                probs = self.valid / self.valid.sum()
             steps = math.ceil(len(self) / (per_rank * world))
             ids = rank_share(epoch_indices(probs, len(self), seed, epoch, steps * per_rank * world), rank, world)
         rows = (ids[i * per_rank:(i + 1) * per_rank] for i in range(start_step, steps))
@@ -175,12 +179,11 @@ class Data:
         valid[[e["id"] for e in bad]] = False
         self.train_valid, self.num_errors = valid, self.num_errors + len(bad)
 
-    def sampling_weights(self, probs: np.ndarray | None, streaming: bool) -> np.ndarray | None:
-        """``probs`` with bad rows set to 0 (renormalised); None stays None where a uniform pass already leaves
-        bad samples out (streaming)."""
+    def sampling_weights(self, probs: np.ndarray | None) -> np.ndarray | None:
+        """``probs`` with bad rows set to 0 (renormalised). None (uniform) stays None: a uniform pass leaves bad
+        rows out itself (a stream skips them, an in-memory :class:`Split` draws only its ``valid`` rows)."""
         valid = self.train_valid
-        if valid is None or (probs is None and streaming):
+        if valid is None or probs is None:
             return probs
-        p = np.full(len(valid), 1.0) if probs is None else np.asarray(probs, dtype=np.float64)
-        p = p * valid
+        p = np.asarray(probs, dtype=np.float64) * valid
         return p / p.sum() if p.sum() > 0 else valid / valid.sum()

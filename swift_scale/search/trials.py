@@ -73,7 +73,7 @@ class SamplerSearch:
         rungs: dict[int, float] = {}
         t0 = time.time()
 
-        passes = trainer.data.train.passes(s.finetune_epochs, True)  # streaming: oversample passes an epoch
+        passes = trainer.data.train.passes(s.finetune_epochs, True)  # streaming / data.draw=passes: oversample passes an epoch
 
         def at_epoch(done, model):  # done passes → epochs' worth of steps (rungs count epochs in every mode)
             epoch, part = divmod(done * s.finetune_epochs, passes)

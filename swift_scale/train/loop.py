@@ -31,7 +31,7 @@ __all__ = ["TrainSpec", "ResumePoint", "Checkpoints", "BatchRecorder", "train_mo
 
 
 class TrialFailed(RuntimeError):
-    """Training diverged (non-finite loss); the search records the trial as failed."""
+    """Training diverged (non-finite loss) or has nothing to train on; the search records the trial as failed."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,9 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, source: Traini
                 desc: str = "train", progress: bool = True, epoch_bar: bool = False) -> list[dict]:
     """Train ``model`` for ``spec.epochs`` epochs, sampling ids ∝ ``probs`` (None = uniform); returns the curve.
 
-    A streaming source makes ``epochs × oversample`` passes when sampling (each keeps 1/oversample of the
-    candidates ∝ p), so its optimizer steps match a uniform run's. ``on_epoch(epoch, model)`` returns metrics
+    A streaming source (or an in-memory one with ``data.draw=passes``) makes ``epochs × oversample`` passes when
+    sampling (each keeps 1/oversample of the candidates ∝ p), so its optimizer steps match a uniform run's; its
+    curve then has a row per pass. ``on_epoch(epoch, model)`` returns metrics
     appended to the curve; ``recorder`` sees every batch's per-example loss and margin; ``online`` is the
     ``data.online`` selector (streaming only). ``progress``: a bar per epoch on the main process;
     ``epoch_bar``: and one over the epochs (with the last epoch's train loss and val score).
@@ -194,6 +195,9 @@ def train_model(accelerator: Accelerator, model: torch.nn.Module, source: Traini
         first = at.step if epoch == at.epoch else 0
         steps, batches = source.epoch(probs, epoch, seed=spec.seed, rank=rank, world=world, per_rank=per_rank,
                                       start_step=first, device=accelerator.device, online=online)
+        if steps == 0:  # a sampler that keeps fewer examples than one global batch: nothing would train
+            raise TrialFailed(f"pass {epoch + 1} keeps fewer examples than one batch of {per_rank * world}: the "
+                              "sampler gives p > 0 to too few examples (or the data is smaller than train.batch_size)")
         bar = tqdm(batches, total=steps - first, desc=f"{desc} {epoch + 1}/{passes}", leave=False,
                    dynamic_ncols=True, disable=show)
         total = torch.full((), at.loss_sum if epoch == at.epoch else 0.0, device=accelerator.device)

@@ -92,7 +92,7 @@ class Trainer:
         """
         t = self.cfg.train
         model = self.new_model(state)
-        probs = self.data.sampling_weights(probs, streaming=self.cfg.data.mode == "streaming")
+        probs = self.data.sampling_weights(probs)
 
         def on_epoch(epoch: int, m: torch.nn.Module) -> dict:
             if hook is not None:

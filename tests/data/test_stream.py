@@ -252,3 +252,58 @@ def test_indexed_passes_keep_the_streaming_pass_set_without_replacement(split_fa
     drawn = [int(i) for _, y, _ in Split(images, labels).epoch(p, 0, seed=3, rank=0, world=1, per_rank=32,
                                                                     start_step=0, device="cpu")[1] for i in y]
     assert len(drawn) > len(set(drawn))
+
+
+def test_a_pass_never_keeps_an_id_with_p_zero(split_factory):
+    """keep_set keeps round(N / oversample) ids ∝ p, or every id with p > 0 when fewer have (never a p = 0 id)."""
+    from swift_scale.selection import keep_mask, keep_set
+
+    n = len(split_factory())
+    p = np.zeros(n)
+    p[::5] = 1.0  # 20% of the ids: fewer than the half a pass keeps
+    p /= p.sum()
+    t, mask = keep_set(p, 0.5, seed=3, epoch=0)
+    np.testing.assert_array_equal(mask, p > 0)
+    np.testing.assert_array_equal(keep_mask(np.arange(n), p, t, seed=3, epoch=0), p > 0)
+    plan = split_factory().plan(p, 0)
+    assert plan.total_kept == (p > 0).sum() and not plan.mask[p == 0].any()
+
+
+def test_in_memory_bad_rows_stay_out_and_uniform_trainings_are_not_passes():
+    """Bad rows (Split.valid) are never drawn, sampled or not; with data.draw=passes a uniform training still
+    makes plain epochs, and a sampler keeping fewer ids than a batch fails its training with a clear reason."""
+    from swift_scale.data.splits import Split
+    from swift_scale.train.loop import TrainSpec, TrialFailed, train_model
+
+    n = 200
+    valid = np.ones(n, dtype=bool)
+    valid[:30] = False
+    split = Split(torch.zeros((n, 1, 8, 8), dtype=torch.uint8), torch.arange(n) % 10, cap=2.0, valid=valid)
+    assert split.passes(3, sampled=False) == 3
+    _, batches = split.epoch(None, 0, seed=1, rank=0, world=1, per_rank=16, start_step=0, device="cpu")
+    assert valid[[int(i) for _, _, ids in batches for i in ids]].all()
+    p = np.where(valid, 1.0, 0.0)
+    p /= p.sum()
+    _, batches = split.epoch(p, 0, seed=1, rank=0, world=1, per_rank=16, start_step=0, device="cpu")
+    ids = [int(i) for _, _, ids in batches for i in ids]
+    assert valid[ids].all() and len(ids) == len(set(ids)) == (n // 2 // 16) * 16
+
+    from accelerate import Accelerator
+
+    from swift_scale.train.models import create_model
+
+    few = np.zeros(n)
+    few[50:60] = 0.1  # 10 ids, fewer than one batch of 16
+    with pytest.raises(TrialFailed, match="fewer examples than one batch of 16"):
+        train_model(Accelerator(cpu=True), create_model("swift_cnn", 10, 1, None), split, probs=few,
+                    spec=TrainSpec(1, 16, 1e-3, 0.0, "constant", 0), progress=False)
+
+
+def test_data_draw_passes_reaches_the_in_memory_split(digits_shards, tmp_path):
+    from swift_scale.config import load_config
+    from swift_scale.pipeline import Pipeline
+    from tests.conftest import tiny_overrides
+
+    pipe = Pipeline(load_config(None, tiny_overrides(digits_shards, tmp_path / "r", "data.draw=passes")))
+    assert pipe.data.train.cap == 2.0 and pipe.data.train.passes(3, sampled=True) == 6
+    pipe.acc.end_training()
