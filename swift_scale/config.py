@@ -55,7 +55,8 @@ class DataConfig:
     """Training data: a WebDataset pattern such as ``data/digits/train-{000000..000003}.tar``, or a Hugging Face
     dataset: ``hf:DIR`` / ``hf:DIR#SPLIT`` (``save_to_disk``) or ``hf:BUILDER:FILES`` (``hf:parquet:/d/*.parquet``).
     With ``mode=streaming``, ``hf:BUILDER:FILES`` (parquet, arrow, json, csv) is streamed as a
-    ``datasets.IterableDataset``, one shard per file (``hf:arrow:DIR`` reads a ``save_to_disk`` folder's files)."""
+    ``datasets.IterableDataset``, one shard per file (``hf:arrow:DIR`` reads a ``save_to_disk`` folder's files),
+    and so is a Hub dataset, ``hf:hub:ORG/NAME[@REVISION][:CONFIG][#SPLIT]`` (its data files resolved once)."""
     val: str = ""
     """Validation shards (scored by the search; keep them clean)."""
     test: str = ""
@@ -324,8 +325,8 @@ class Config:
         need(self.data.mode in ("indexed", "streaming"), "data.mode",
              f"must be indexed or streaming, got {self.data.mode!r}")
         need(self.data.mode == "indexed" or not self.data.train.startswith("hf:")
-             or self.data.train.split(":")[1] in HF_STREAM_BUILDERS, "data.mode",
-             f"streaming reads WebDataset shards or hf:BUILDER:FILES ({', '.join(HF_STREAM_BUILDERS)}); "
+             or self.data.train.split(":")[1] in (*HF_STREAM_BUILDERS, "hub"), "data.mode",
+             f"streaming reads WebDataset shards, hf:hub:NAME or hf:BUILDER:FILES ({', '.join(HF_STREAM_BUILDERS)}); "
              "use data.mode=indexed for other hf: sources")
         need(not self.data.online or (self.data.mode == "streaming" and self.data.task == "classification"),
              "data.online", "needs data.mode=streaming and data.task=classification")

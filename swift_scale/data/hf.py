@@ -5,7 +5,12 @@ A split is named in the config as
 - ``hf:PATH`` or ``hf:PATH#SPLIT`` — a dataset saved with ``save_to_disk`` (``load_from_disk``; ``#SPLIT`` picks
   one split of a saved ``DatasetDict``);
 - ``hf:BUILDER:FILES`` — local files through a packaged builder, e.g. ``hf:parquet:/data/train-*.parquet``,
-  ``hf:imagefolder:/data/train`` (``load_dataset(BUILDER, data_files=FILES or data_dir=DIR, split="train")``).
+  ``hf:imagefolder:/data/train`` (``load_dataset(BUILDER, data_files=FILES or data_dir=DIR, split="train")``);
+- ``hf:hub:NAME[@REVISION][:CONFIG][#SPLIT]`` — a dataset on the Hugging Face Hub (or a local folder laid out
+  like a Hub repo), e.g. ``hf:hub:HuggingFaceFW/fineweb-edu:sample-10BT#train``. The split defaults to the
+  field's (``train``, ``validation``, ``test``). Indexed mode loads it (``load_dataset``, downloaded into the HF
+  cache); streaming mode resolves its data files once (``load_dataset_builder``: ``hf://`` URLs pinned to the
+  commit) and streams them like ``hf:BUILDER:FILES``, one shard per file, never downloading a whole file.
 
 Rows are grouped into virtual shards of ``rows_per_shard`` consecutive rows, so the features pass splits the
 work over ranks exactly as for WebDataset shards (ordinal mod world size), with per-shard completion markers.
@@ -24,7 +29,7 @@ from swift_scale.config import HF_STREAM_BUILDERS
 from swift_scale.data.decode import DataError, LoadedSplit, decode_split
 from swift_scale.data.shards import ShardIndex
 
-__all__ = ["is_hf", "open_hf", "hf_index", "load_hf_split", "pick_column", "hf_stream_files", "hf_stream_open",
+__all__ = ["is_hf", "parse_hub", "hub_files", "open_hf", "hf_index", "load_hf_split", "pick_column", "hf_stream_files", "hf_stream_open",
            "hf_stream_columns", "hf_shard_rows", "HFStreamCounter", "hf_stream_index"]
 
 BUILDERS = ("parquet", "arrow", "csv", "json", "imagefolder", "webdataset")
@@ -34,6 +39,39 @@ def is_hf(ref: str) -> bool:
     return isinstance(ref, str) and ref.startswith("hf:")
 
 
+def parse_hub(ref: str, field: str = "data") -> tuple[str, str | None, str | None, str]:
+    """(name, revision, config, split) of ``hf:hub:NAME[@REVISION][:CONFIG][#SPLIT]``; the split defaults to the
+    field's (``data.val`` → ``validation``)."""
+    body, _, split = ref[len("hf:hub:"):].partition("#")
+    name, _, config = body.partition(":")
+    name, _, revision = name.partition("@")
+    if not name:
+        raise DataError(f"{field}: {ref} names no dataset; give hf:hub:ORG/NAME[@REVISION][:CONFIG][#SPLIT]")
+    default = {"val": "validation", "test": "test"}.get(field.rpartition(".")[2], "train")
+    return name, revision or None, config or None, split or default
+
+
+def hub_files(ref: str, field: str = "data.train") -> tuple[str, list[str]]:
+    """(packaged builder, data files of the split) of a Hub dataset: what ``load_dataset(NAME, CONFIG,
+    streaming=True)`` would stream, resolved once (``hf://`` URLs pinned to the revision's commit)."""
+    import datasets
+
+    name, revision, config, split = parse_hub(ref, field)
+    try:
+        builder = datasets.load_dataset_builder(name, config, revision=revision)
+    except Exception as e:  # offline, unknown name or config, gated repo: name the source and the reason
+        raise DataError(f"{field}: cannot resolve {ref} ({type(e).__name__}: {str(e).splitlines()[0]}); check the "
+                        "name and config, the network, or HF_HUB_OFFLINE with a cached copy") from None
+    files = (builder.config.data_files or {}).get(split)
+    if not files:
+        raise DataError(f"{field}: {ref} has no split {split!r} (splits: {list(builder.config.data_files or {})}); "
+                        f"name one as hf:hub:{name}#SPLIT")
+    if builder.name not in HF_STREAM_BUILDERS:
+        raise DataError(f"{field}: {ref} is stored as {builder.name} files; streaming reads "
+                        f"{', '.join(HF_STREAM_BUILDERS)}: use data.mode=indexed")
+    return builder.name, [str(f) for f in files]
+
+
 def open_hf(ref: str, field: str = "data"):
     """The ``datasets.Dataset`` a ``hf:`` reference names (DataError naming ``field`` when it cannot)."""
     import datasets
@@ -41,7 +79,10 @@ def open_hf(ref: str, field: str = "data"):
     body = ref[len("hf:"):]
     builder, _, files = body.partition(":")
     try:
-        if builder in BUILDERS and files:
+        if builder == "hub":
+            name, revision, config, split = parse_hub(ref, field)
+            ds = datasets.load_dataset(name, config, split=split, revision=revision)
+        elif builder in BUILDERS and files:
             kw = {"data_dir": files} if os.path.isdir(files) else {"data_files": files}
             ds = datasets.load_dataset(builder, split="train", **kw)
         else:
@@ -61,6 +102,11 @@ def open_hf(ref: str, field: str = "data"):
     if isinstance(ds, datasets.IterableDataset):
         raise DataError(f"{field}: {ref} is a streaming dataset; the indexed mode needs a map-style Dataset")
     return ds
+
+
+def is_local(path: str) -> bool:
+    """A plain path (not a URL such as ``hf://datasets/...`` or ``s3://...``)."""
+    return "://" not in path
 
 
 def hf_index(ref: str, num_rows: int, rows_per_shard: int = 10_000) -> ShardIndex:
@@ -98,6 +144,9 @@ def hf_stream_files(ref: str, field: str = "data.train") -> list[str]:
     import glob
 
     _, builder, pattern = ref.split(":", 2)
+    if builder == "hub":
+        builder, files = hub_files(ref, field)
+        return [f"hf:{builder}:{f}" for f in files]
     if builder not in HF_STREAM_BUILDERS:
         raise DataError(f"{field}: streaming reads hf:BUILDER:FILES with BUILDER one of "
                         f"{', '.join(HF_STREAM_BUILDERS)}, got {builder!r}")
@@ -169,7 +218,12 @@ class HFStreamCounter:
             if url.startswith("hf:parquet:"):
                 import pyarrow.parquet as pq
 
-                return pq.ParquetFile(path).metadata.num_rows
+                if is_local(path):
+                    return pq.ParquetFile(path).metadata.num_rows
+                import fsspec
+
+                with fsspec.open(path, "rb") as f:  # the footer only (a few ranged reads), not the file
+                    return pq.ParquetFile(f).metadata.num_rows
             if self._ds is None:
                 self._ds = hf_stream_open(self.urls, self.field)
             return sum(1 for _ in hf_shard_rows(self._ds, i, hf_stream_columns(self._ds)[:1], url))

@@ -230,9 +230,18 @@ def _identity(source: str, seq_len: int, tokenizer_sha: str, reader: str) -> dic
     """What a cached shard was made from: the source file (path, size, mtime), how it is read (``reader``: e.g.
     the text column), seq_len and the tokenizer (its sha)."""
     path = source.split(":", 2)[2] if source.startswith("hf:") else source
-    st = os.stat(path)
-    return {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "reader": reader,
-            "seq_len": seq_len, "tokenizer": tokenizer_sha}
+    if "://" in path:  # a remote file (hf:// URLs carry the commit): its size and etag where the store has one
+        import fsspec
+
+        fs, inner = fsspec.core.url_to_fs(path)
+        info = fs.info(inner)
+        stamp = next((str(info[k]) for k in ("etag", "blob_id", "mtime") if info.get(k) is not None), None)
+        size = info.get("size")
+    else:
+        st = os.stat(path)
+        size, stamp = st.st_size, st.st_mtime_ns
+    return {"source": source, "size": size, "mtime_ns": stamp, "reader": reader, "seq_len": seq_len,
+            "tokenizer": tokenizer_sha}
 
 
 def _write_shard(out: Path, i: int, ident: dict, chunks: Iterable[tuple[list[str], np.ndarray]], tokenizer,
