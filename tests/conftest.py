@@ -99,3 +99,17 @@ def corrupt_shard(path):
         sink.write({"__key__": "shape", "png": np.zeros((6, 6), np.uint8), "cls": 0})
         sink.write({"__key__": "label", "png": np.zeros((4, 4), np.uint8), "cls": b"cat"})
         sink.write({"__key__": "ok1", "png": np.full((4, 4), 9, np.uint8), "cls": 3})
+
+
+def digits_hf_dataset(lo: int, hi: int):
+    """Rows [lo, hi) of sklearn digits as a ``datasets.Dataset`` with ``Image`` and ``ClassLabel`` features."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = (d.images[lo:hi] * 255 / 16).astype(np.uint8)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    return datasets.Dataset.from_dict({"image": [Image.fromarray(x) for x in imgs],
+                                       "label": d.target[lo:hi].tolist()}, features=feats)

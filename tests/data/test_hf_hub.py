@@ -4,10 +4,9 @@ by ``datasets``); tests run offline (``HF_HUB_OFFLINE=1``), so an unknown Hub na
 
 import json
 
-import numpy as np
 import pytest
 
-from tests.conftest import TINY, cli
+from tests.conftest import TINY, cli, digits_hf_dataset
 
 datasets = pytest.importorskip("datasets")
 
@@ -16,18 +15,8 @@ datasets = pytest.importorskip("datasets")
 def hub_repo(tmp_path_factory):
     """sklearn digits (Image + ClassLabel) as a Hub-style repo: 3 uneven train files, one validation, one test;
     plus a text repo with a ``text`` column in 2 train files."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
     root = tmp_path_factory.mktemp("hub")
-    d = load_digits()
-    imgs = (d.images * 255 / 16).astype(np.uint8)
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
-
-    def make(lo, hi):
-        return datasets.Dataset.from_dict({"image": [Image.fromarray(x) for x in imgs[lo:hi]],
-                                           "label": d.target[lo:hi].tolist()}, features=feats)
-
+    make = digits_hf_dataset
     (root / "digits" / "data").mkdir(parents=True)
     parts = [(0, 40), (40, 400), (400, 1200)]
     for k, (lo, hi) in enumerate(parts):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, cli
+from tests.conftest import TINY, cli, digits_hf_dataset
 
 datasets = pytest.importorskip("datasets")
 
@@ -13,18 +13,8 @@ datasets = pytest.importorskip("datasets")
 @pytest.fixture(scope="module")
 def hf_digits(tmp_path_factory):
     """sklearn digits as an HF DatasetDict (Image + ClassLabel features) saved to disk, plus a parquet copy."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
     root = tmp_path_factory.mktemp("hf")
-    d = load_digits()
-    imgs = (d.images * 255 / 16).astype(np.uint8)
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
-
-    def make(lo, hi):
-        return datasets.Dataset.from_dict({"image": [Image.fromarray(x) for x in imgs[lo:hi]],
-                                           "label": d.target[lo:hi].tolist()}, features=feats)
-
+    make = digits_hf_dataset
     dd = datasets.DatasetDict({"train": make(0, 1200), "val": make(1200, 1500), "test": make(1500, 1797)})
     dd.save_to_disk(str(root / "digits"))
     dd["train"].to_parquet(str(root / "train.parquet"))
