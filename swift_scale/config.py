@@ -235,12 +235,13 @@ class SearchConfig:
     (summary.json ``rounds``). Those features are θ0-style: ``dyn_loss`` / ``aum`` / ``wrong_frac`` become that
     model's ``loss``. Each round adds a features pass, a search and a final training; the rounds stop early
     after a round whose final val is not above the round before's (on clean labels, usually after round 2)."""
-    round_scoring: str = "final"
-    """What scores the features of a round after the first: ``final`` (the previous round's final model) or
-    ``crossfit`` (``crossfit_folds`` models, each trained like that final model under the previous round's sampler
-    but without one fold of the examples; every example is scored by the model that never trained on it, so a
-    flipped label the previous sampler let through is not judged by a model that memorised it). ``crossfit`` adds
-    ``crossfit_folds`` trainings to each later round."""
+    round_scoring: str = "auto"
+    """What scores the features of a round after the first: ``crossfit`` (``crossfit_folds`` models, each trained
+    like the previous round's final model under its sampler but without one fold of the examples; every example is
+    scored by the model that never trained on it, so a flipped label the previous sampler let through is not judged
+    by a model that memorised it; adds ``crossfit_folds`` trainings to each later round) or ``final`` (the previous
+    round's final model). ``auto`` (the default): ``crossfit``, or ``final`` with ``data.online``, which keeps no
+    features to cross-fit (docs/design.md §1.6)."""
     crossfit_folds: int = 2
     """Folds of ``round_scoring=crossfit`` (examples are assigned by a hash of the seed and their global id)."""
     overlap: bool = True
@@ -296,6 +297,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     """Seed of everything (initialisation, epochs, noise unless ``data.noise_seed``, search)."""
+
+    def round_scoring(self) -> str:
+        """``search.round_scoring`` resolved: ``auto`` is ``crossfit``, or ``final`` with ``data.online``."""
+        if self.search.round_scoring == "auto":
+            return "final" if self.data.online else "crossfit"
+        return self.search.round_scoring
 
     def run_dir(self) -> Path:
         return Path(self.run.out_dir) if self.run.out_dir else Path("runs") / self.run.name
@@ -381,8 +388,8 @@ class Config:
              "give sampler.features at most one of dyn_loss, aum, wrong_frac")
         need(self.data.draw in ("replacement", "passes"), "data.draw",
              f"must be replacement or passes, got {self.data.draw!r}")
-        need(self.search.round_scoring in ("final", "crossfit"), "search.round_scoring",
-             f"must be final or crossfit, got {self.search.round_scoring!r}")
+        need(self.search.round_scoring in ("auto", "final", "crossfit"), "search.round_scoring",
+             f"must be auto, final or crossfit, got {self.search.round_scoring!r}")
         need(self.search.round_scoring != "crossfit" or not self.data.online, "search.round_scoring",
              "crossfit needs the stored features (data.online scores candidates with θ0 online); set "
              "data.online=false or search.round_scoring=final")

@@ -272,7 +272,7 @@ class Pipeline:
         cfg.search.rounds = 1
         cfg.train.log_with = ""  # this run's trackers carry its numbers
         child = Pipeline(cfg, self.acc)
-        child.crossfit_folds = cfg.search.crossfit_folds if cfg.search.round_scoring == "crossfit" else 0
+        child.crossfit_folds = cfg.search.crossfit_folds if self.cfg.round_scoring() == "crossfit" else 0
         child.__dict__["data"] = self.data  # the same examples, index and noise: read once
         child.log = lambda prefix, values, step: self.log(f"round{r}/{prefix}", values, step)
         return child
@@ -311,7 +311,7 @@ class Pipeline:
             rounds.append({"round": r, **child._round_figures(summaries[r])})
             prev = child
         chosen = max(rounds, key=lambda e: (e["val_score"], -e["round"]))["round"]
-        out = {**summary, "rounds": rounds, "chosen_round": chosen}
+        out = {**summary, "rounds": rounds, "chosen_round": chosen, "round_scoring": self.cfg.round_scoring()}
         if chosen > 1:
             best = summaries[chosen]
             out.update(swift={**best["swift"], "round": chosen, "sampler": f"round{chosen}/sampler.json"},

@@ -146,5 +146,9 @@ def test_cli_corrupt_checkpoint_is_named(tmp_path, digits_shards):
 def test_crossfit_rounds_need_stored_features():
     base = ["data.train=a", "data.val=b", "data.test=c", "data.mode=streaming", "data.online=true"]
     assert load_config(None, base).data.online
+    # the default (auto) cross-fits where features are stored and falls back to the final model online
+    assert load_config(None, base[:3]).round_scoring() == "crossfit"
+    assert load_config(None, base).round_scoring() == "final"
+    assert load_config(None, [*base[:3], "search.round_scoring=final"]).round_scoring() == "final"
     with pytest.raises(ConfigError, match=r"^search.round_scoring: crossfit needs the stored features"):
         load_config(None, [*base, "search.round_scoring=crossfit"])

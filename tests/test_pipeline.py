@@ -193,8 +193,8 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     out, first = finished
     dst = tmp_path / "run"
     shutil.copytree(out, dst)
-    extra = ("search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3", "search.rounds=2",
-             "run.allow_changed_config=true")
+    extra = ("search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3", "search.round_scoring=final",
+             "search.rounds=2", "run.allow_changed_config=true")
     pipe = _pipe(digits_shards, dst, *extra)
     summary = pipe.run()
     pipe.acc.end_training()
@@ -211,7 +211,7 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     vals = [json.loads((d / "final" / "metrics.json").read_text())["best"]["val"]["accuracy"] for d in (dst, r2)]
     assert [e["val_score"] for e in summary["rounds"]] == vals
     chosen = 1 + int(vals[1] > vals[0])
-    assert summary["chosen_round"] == chosen
+    assert summary["chosen_round"] == chosen and summary["round_scoring"] == "final"
     assert summary["swift"]["value"] == (first, second)[chosen - 1]["swift"]["value"]
     assert summary["baseline"] == first["baseline"]
     assert json.loads((dst / "summary.json").read_text())["chosen_round"] == chosen
@@ -289,7 +289,7 @@ def test_crossfit_rounds_score_each_example_with_the_fold_model_that_never_train
     extra = ("search.trials=8", "search.init_steps=[0.2, 0.4]", "train.epochs=3", "search.rounds=2",
              "search.round_scoring=crossfit", "run.allow_changed_config=true")
     pipe = _pipe(digits_shards, dst, *extra)
-    pipe.run(until="final")
+    assert pipe.run(until="final")["round_scoring"] == "crossfit"
     r2, n = dst / "round2", len(pipe.data.train)
     fold = fold_of(np.arange(n), 2, pipe.cfg.seed)
     assert 0.35 < fold.mean() < 0.65
