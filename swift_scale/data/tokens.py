@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from swift_scale.data.decode import BadSample, DataError, read_npy
+from swift_scale.data.hf import is_local
 from swift_scale.data.shards import ShardIndex
 from swift_scale.data.stream import StreamingSplit, StreamOptions, batches_after
 from swift_scale.rng import stream_id, uniform01
@@ -230,7 +231,7 @@ def _identity(source: str, seq_len: int, tokenizer_sha: str, reader: str) -> dic
     """What a cached shard was made from: the source file (path, size, mtime), how it is read (``reader``: e.g.
     the text column), seq_len and the tokenizer (its sha)."""
     path = source.split(":", 2)[2] if source.startswith("hf:") else source
-    if "://" in path:  # a remote file (hf:// URLs carry the commit): its size and etag where the store has one
+    if not is_local(path):  # a remote file (hf:// URLs carry the commit): its size and etag where the store has one
         import fsspec
 
         fs, inner = fsspec.core.url_to_fs(path)
