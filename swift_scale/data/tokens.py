@@ -231,6 +231,7 @@ def _identity(source: str, seq_len: int, tokenizer_sha: str, reader: str) -> dic
     """What a cached shard was made from: the source file (path, size, mtime), how it is read (``reader``: e.g.
     the text column), seq_len and the tokenizer (its sha)."""
     path = source.split(":", 2)[2] if source.startswith("hf:") else source
+    stamp: str | int | None  # a remote store's etag (or blob id, mtime) as a string; a local file's mtime_ns
     if not is_local(path):  # a remote file (hf:// URLs carry the commit): its size and etag where the store has one
         import fsspec
 
