@@ -66,6 +66,9 @@ def classification_features(logits: torch.Tensor, labels: torch.Tensor) -> torch
 #: tensor whole.
 CPU_CHUNK = 1 << 17
 
+#: p_y below this (float32's smallest normal is 1.2e-38) takes its log from the scores, not from p_y
+TINY = 1e-30
+
 
 def cache_chunks(logits: torch.Tensor):
     """Index tuples (sequences, positions) that cover ``logits`` [B, T, V] in chunks of about CPU_CHUNK scores."""
@@ -100,21 +103,21 @@ def lm_features(logits: torch.Tensor, targets: torch.Tensor, rarity: torch.Tenso
         raise ValueError(f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)}, "
                          f"{tuple(targets.shape)}")
     y = targets.long().unsqueeze(-1)
-    top = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
-    total, rest = torch.empty_like(top), torch.empty_like(top)
-    # one exp pass over the scores into one buffer, worked on in place (the vocab-sized passes cost as much as a
-    # small model's forward): e = exp(z − max), s = Σ e, log p_y = z_y − max − log s, and
-    # ‖p − onehot‖² = Σ_{j≠y} p_j² + (1 − p_y)², exact as p_y → 1 (e_y zeroed before the norm; expm1). Per chunk
-    # only the vocab-sized passes, written straight into the [B, T] buffers (the chunks are many: few calls each)
+    p_y = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    rest = torch.empty_like(p_y)
+    # the vocab-sized passes cost as much as a small model's forward, so per chunk only two kernels: the fused
+    # softmax (max, exp, sum and scale with each row in cache) and one norm of p with p_y zeroed, ‖p − onehot‖² =
+    # Σ_{j≠y} p_j² + (1 − p_y)²; written straight into the [B, T] buffers (the chunks are many: few calls each)
     for rows in cache_chunks(logits):
-        z = logits[rows].float()
-        m = torch.amax(z, -1, out=top[rows]).unsqueeze(-1)
-        e = torch.sub(z, m).exp_()
-        torch.sum(e, -1, out=total[rows])
-        torch.linalg.vector_norm(e.scatter_(-1, y[rows], 0.0), dim=-1, out=rest[rows])
-    logp_y = logits.gather(-1, y).squeeze(-1).float() - top - total.log()
-    rest /= total
+        p = torch.softmax(logits[rows], -1, dtype=torch.float32)
+        torch.gather(p, -1, y[rows], out=p_y[rows].unsqueeze(-1))
+        torch.linalg.vector_norm(p.scatter_(-1, y[rows], 0.0), dim=-1, out=rest[rows])
+    logp_y = p_y.log()
+    tiny = p_y < TINY  # log p_y from a denormal or zero p_y would be inexact or -inf: z_y − logsumexp(z) there
+    if tiny.any():
+        z = logits[tiny].float()
+        logp_y[tiny] = z.gather(-1, y[tiny]).squeeze(-1) - torch.logsumexp(z, -1)
     loss = -logp_y.mean(1)
     rare = rarity.to(logits.device, torch.float32)[targets.long()].mean(1)
-    grad = (rest.square() + torch.expm1(logp_y).square()).sqrt().mean(1)
+    grad = torch.hypot(rest, 1.0 - p_y).mean(1)
     return torch.stack([loss, rare, grad], dim=1)

@@ -34,6 +34,20 @@ def test_lm_features_match_a_direct_computation():
 
 
 
+def test_lm_features_keep_the_loss_of_a_token_whose_probability_underflows():
+    """p_y = e^-200 is zero in float32: its loss still comes from the scores, not log 0."""
+    logits = torch.zeros(1, 2, 5)
+    logits[0, 0, 3] = -200.0  # target 3 at position 0: p_y underflows
+    logits[0, 1, 1] = 30.0  # target 1 at position 1: p_y rounds to 1
+    got = lm_features(logits, torch.tensor([[3, 1]]), torch.zeros(5))
+    loss0 = 200.0 + math.log(4 + math.exp(-200.0))
+    loss1 = math.log1p(4 * math.exp(-30.0))
+    assert got[0, 0].item() == pytest.approx((loss0 + loss1) / 2, rel=1e-6)
+    grad0 = math.sqrt(4 * 0.25 ** 2 + 1.0)  # p = 1/4 on the four others, p_y = 0
+    assert got[0, 2].item() == pytest.approx(grad0 / 2, rel=1e-5)
+    assert torch.isfinite(got).all()
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 2 * 7, 5 * 7 * 2])  # part of a row, whole rows, 2 positions, 2 sequences
 def test_lm_features_on_cpu_chunks_equal_the_whole_tensor(monkeypatch, chunk):
     """The CPU path works through the scores in cache-sized chunks; any chunking gives the same bits, also for a
