@@ -60,8 +60,8 @@ def classification_features(logits: torch.Tensor, labels: torch.Tensor) -> torch
     return torch.stack([loss, renormed, grad], dim=1)
 
 
-#: Scores (elements) per chunk of the LM features on a CPU: 512 KB of float32, so the passes over a chunk (max, exp,
-#: sum, norm) run in L2 cache instead of streaming the whole [B, T, V] tensor through memory each time (15 ms
+#: Scores (elements) per chunk of the LM features on a CPU: 512 KB of float32, so the passes over a chunk (softmax,
+#: norm) run in L2 cache instead of streaming the whole [B, T, V] tensor through memory each time (15 ms
 #: instead of 28 ms at 64 x 127 x 2048 on a 2-core Xeon; 2^16 is slower, larger chunks vary). Accelerators take the
 #: tensor whole.
 CPU_CHUNK = 1 << 17
