@@ -234,7 +234,14 @@ class SearchConfig:
     run folder of its own); the round whose final model scores highest on val is the run's product
     (summary.json ``rounds``). Those features are θ0-style: ``dyn_loss`` / ``aum`` / ``wrong_frac`` become that
     model's ``loss``. Each round adds a features pass, a search and a final training; the rounds stop early
-    after a round whose final val is not above the round before's (on clean labels, usually after round 2)."""
+    once ``round_patience`` + 1 rounds in a row have not raised the best final val (on clean labels, usually
+    after round 2 or 3)."""
+    round_patience: int = 2
+    """Later rounds that may run after the best final val so far without raising it, before the rounds stop
+    (early stopping over rounds). The next round always starts from the last round's final model. 0: stop after
+    the first round that does not raise the best final val (the default until 2026-12-07). The kept round is the
+    one with the best final val either way, so a higher patience never lowers the kept round's val; it costs up to
+    ``round_patience`` rounds where val has stopped rising (docs/design.md §1.6)."""
     round_scoring: str = "auto"
     """What scores the features of a round after the first: ``crossfit`` (``crossfit_folds`` models, each trained
     like the previous round's final model under its sampler but without one fold of the examples; every example is
@@ -382,6 +389,8 @@ class Config:
         need(0 <= self.search.min_kept < 1, "search.min_kept",
              f"must be in [0, 1) (a share of the training set), got {self.search.min_kept}")
         need(self.search.rounds >= 1, "search.rounds", f"must be >= 1, got {self.search.rounds}")
+        need(self.search.round_patience >= 0, "search.round_patience",
+             f"must be >= 0 (later rounds without a new best final val), got {self.search.round_patience}")
         need(self.search.rounds == 1 or len(set(later_round_features(self.sampler.features))) == len(
             self.sampler.features), "search.rounds",
              f"rounds after the first read θ0-style features, where {self.sampler.features} both become 'loss'; "

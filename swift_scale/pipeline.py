@@ -293,14 +293,15 @@ class Pipeline:
 
     def later_rounds(self, summary: dict) -> dict:
         """Rounds 2 … ``search.rounds``: each scores the features with the previous round's final model, searches
-        and trains again (:meth:`round_pipeline`); they stop early after a round whose final val score is not
-        above the round before's. The round whose final model scores highest on val (the first
+        and trains again (:meth:`round_pipeline`); they stop early once ``search.round_patience`` + 1 rounds in a
+        row have not raised the best final val score. The round whose final model scores highest on val (the first
         on a tie) becomes the summary's ``swift``; every round's figures are in ``rounds``."""
         rounds, prev = [{"round": 1, **self._round_figures(summary)}], self
         summaries = {1: summary}
         for r in range(2, self.cfg.search.rounds + 1):
-            if r > 2 and rounds[-1]["val_score"] <= rounds[-2]["val_score"]:
-                break  # the last round did not raise the final val score: another would start from a worse model
+            best = max(rounds, key=lambda e: (e["val_score"], -e["round"]))["round"]
+            if r - 1 - best > self.cfg.search.round_patience:
+                break  # search.round_patience + 1 rounds in a row without a new best final val
             child = self.round_pipeline(r)
             self._seed_round(child, prev)
             if child.crossfit_folds and not child.features_done():

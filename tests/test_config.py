@@ -65,6 +65,7 @@ def test_model_kwargs_from_yaml_and_cli(tmp_path):
     ("search.strategy=grid", "search.strategy"),
     ("search.theta0_epoch=99", "search.theta0_epoch"),
     ("search.rounds=0", "search.rounds"),
+    ("search.round_patience=-1", "search.round_patience"),
     ("search.min_kept=1", "search.min_kept"),
     ("search.round_scoring=oracle", "search.round_scoring"),
     ("data.draw=sometimes", "data.draw"),

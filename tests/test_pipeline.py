@@ -237,20 +237,28 @@ def test_a_second_round_scores_the_features_with_the_first_final_model(finished,
     assert kept["chosen_round"] == 2 and kept["swift"]["round"] == 2 and kept["swift"]["sampler"] == "round2/sampler.json"
     assert kept["swift"]["value"] == second["swift"]["value"] and kept["search"] == second["search"]
     assert kept["noise_detection_auroc"] == second["noise_detection_auroc"]
-    # search.rounds=3 stops after a round that does not raise the final val: round 2 is below round 1 here
-    three_rounds = (*extra[:-2], "search.rounds=3", "run.allow_changed_config=true")
+    # with search.round_patience=0, search.rounds=3 stops after a round that does not raise the best final val:
+    # round 2 is below round 1 here
+    three_rounds = (*extra[:-2], "search.rounds=3", "run.allow_changed_config=true", "search.round_patience=0")
     metrics["best"]["val"]["accuracy"] = 2.0
     (dst / "final" / "metrics.json").write_text(json.dumps(metrics))
     three = _pipe(digits_shards, dst, *three_rounds).run(until="final")
     assert [e["round"] for e in three["rounds"]] == [1, 2] and three["chosen_round"] == 1
     assert not (dst / "round3").exists()
-    # ... and goes on after a round that does: round 3's θ0 is round 2's final model
+    # ... unless search.round_patience lets one more round try: round 3's θ0 is round 2's final model (the last)
+    patient = (*three_rounds[:-1], "search.round_patience=1")
+    three = _pipe(digits_shards, dst, *patient).run(until="final")
+    assert [e["round"] for e in three["rounds"]] == [1, 2, 3] and three["chosen_round"] == 1
+    a, b = (torch.load(p, weights_only=True) for p in (dst / "round3" / "pretrain" / "theta0.pt", r2 / "final" / "best.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # two rounds in a row without a new best exhaust a patience of 1: no round 4
+    four = _pipe(digits_shards, dst, *extra[:-2], "search.rounds=4", *patient[-2:]).run(until="final")
+    assert [e["round"] for e in four["rounds"]] == [1, 2, 3] and not (dst / "round4").exists()
+    # ... and with no patience the rounds go on after a round that raises the best final val
     metrics["best"]["val"]["accuracy"] = -1.0
     (dst / "final" / "metrics.json").write_text(json.dumps(metrics))
     three = _pipe(digits_shards, dst, *three_rounds).run(until="final")
     assert [e["round"] for e in three["rounds"]] == [1, 2, 3]
-    a, b = (torch.load(p, weights_only=True) for p in (dst / "round3" / "pretrain" / "theta0.pt", r2 / "final" / "best.pt"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_crossfit_rounds_score_each_example_with_the_fold_model_that_never_trained_on_it(
