@@ -234,8 +234,7 @@ class SearchConfig:
     run folder of its own); the round whose final model scores highest on val is the run's product
     (summary.json ``rounds``). Those features are θ0-style: ``dyn_loss`` / ``aum`` / ``wrong_frac`` become that
     model's ``loss``. Each round adds a features pass, a search and a final training; the rounds stop early
-    once ``round_patience`` + 1 rounds in a row have not raised the best final val (on clean labels, usually
-    after round 2 or 3)."""
+    once ``round_patience`` + 1 rounds in a row have not raised the best final val."""
     round_patience: int = 2
     """Later rounds that may run after the best final val so far without raising it, before the rounds stop
     (early stopping over rounds). The next round always starts from the last round's final model. 0: stop after
