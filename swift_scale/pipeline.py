@@ -39,6 +39,12 @@ logger = logging.getLogger("swift_scale")
 PHASES = ("index", "pretrain", "features", "search", "final", "report")
 
 
+def best_round(rounds: list[dict]) -> int:
+    """The round with the highest final val score among summary.json ``rounds`` entries, the first on a tie: the
+    kept round, and what the rounds' stopping rule (``search.round_patience``) counts from."""
+    return max(rounds, key=lambda e: (e["val_score"], -e["round"]))["round"]
+
+
 class Pipeline:
     """Runs the phases of one run folder. Build once per process; ``run(until=...)``."""
 
@@ -299,8 +305,7 @@ class Pipeline:
         rounds, prev = [{"round": 1, **self._round_figures(summary)}], self
         summaries = {1: summary}
         for r in range(2, self.cfg.search.rounds + 1):
-            best = max(rounds, key=lambda e: (e["val_score"], -e["round"]))["round"]
-            if r - 1 - best > self.cfg.search.round_patience:
+            if r - 1 - best_round(rounds) > self.cfg.search.round_patience:
                 break  # search.round_patience + 1 rounds in a row without a new best final val
             child = self.round_pipeline(r)
             self._seed_round(child, prev)
@@ -311,7 +316,7 @@ class Pipeline:
             summaries[r] = child.summary()
             rounds.append({"round": r, **child._round_figures(summaries[r])})
             prev = child
-        chosen = max(rounds, key=lambda e: (e["val_score"], -e["round"]))["round"]
+        chosen = best_round(rounds)
         out = {**summary, "rounds": rounds, "chosen_round": chosen, "round_scoring": self.cfg.round_scoring()}
         if chosen > 1:
             best = summaries[chosen]
