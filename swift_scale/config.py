@@ -192,6 +192,10 @@ class SearchConfig:
     """After uniform sampling, the search tries φ as a step that drops the top q of the first sampler feature
     (with the default features: the drop-top-loss rule) for each q here, then ``n_init`` Sobol points, then BO.
     ``[]`` for the paper's uniform + Sobol start."""
+    init_band: float = 0.0
+    """Width of the initial steps' edge, as a share of the examples on each side of the cut: with b > 0 the step
+    that drops the top q ramps linearly from 1 (the examples below the top q + b) to 0 (those in the top q − b), so
+    the examples nearest the cut are drawn at rates ordered by the feature; 0: the 0.02 ramp in T of a plain step."""
     n_init: int = 4
     """Quasi-random points after the initial ones before the GP proposes."""
     beta: float = 2.0
@@ -383,6 +387,8 @@ class Config:
              f"must be logei, qlognei or ucb, got {self.search.acquisition!r}")
         need(all(0 < q < 1 for q in self.search.init_steps), "search.init_steps",
              f"each step must drop a fraction in (0, 1), got {self.search.init_steps}")
+        need(0 <= self.search.init_band < 0.5, "search.init_band",
+             f"must be in [0, 0.5) (a share of the examples each side of the cut), got {self.search.init_band}")
         need(self.search.select in ("best", "posterior"), "search.select",
              f"must be best or posterior, got {self.search.select!r}")
         need(0 <= self.search.min_kept < 1, "search.min_kept",

@@ -67,6 +67,8 @@ def test_model_kwargs_from_yaml_and_cli(tmp_path):
     ("search.rounds=0", "search.rounds"),
     ("search.round_patience=-1", "search.round_patience"),
     ("search.min_kept=1", "search.min_kept"),
+    ("search.init_band=0.5", "search.init_band"),
+    ("search.init_band=-0.1", "search.init_band"),
     ("search.round_scoring=oracle", "search.round_scoring"),
     ("data.draw=sometimes", "data.draw"),
     ("search.crossfit_folds=1", "search.crossfit_folds"),

@@ -93,6 +93,27 @@ def test_the_chosen_trial_is_the_best_that_keeps_enough_of_the_data(finished, di
     assert summary["search"]["chosen_kept"] >= pipe.cfg.search.min_kept
 
 
+def test_the_step_cut_probe_reads_a_finished_run(finished, capsys):
+    """tools/bench/step_cut.py on a finished run: the chosen sampler's figures agree with summary.json, and every
+    scored trial is listed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("step_cut", ROOT / "tools" / "bench" / "step_cut.py")
+    step_cut = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_cut)
+    out, summary = finished
+    step_cut.main([str(out)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["round"] for x in lines] == [1]
+    line = lines[0]
+    assert line["chosen"]["kept"] == pytest.approx(summary["search"]["chosen_kept"], abs=1e-3)
+    assert line["chosen"]["auroc"] == pytest.approx(summary["noise_detection_auroc"], abs=1e-4)
+    assert line["chosen_trial"] == summary["search"]["chosen_trial"]
+    ok = [r["trial"] for r in read_jsonl(out / "search" / "history.jsonl") if r["status"] == "ok"]
+    assert sorted(t["trial"] for t in line["trials"]) == sorted(ok)
+    assert 0.5 <= line["best_cut"]["balanced_accuracy"] <= 1 and 0 < line["best_cut"]["kept"] < 1
+
+
 def test_theta0_and_start_come_from_the_chosen_epochs(finished):
     out, _ = finished
     metrics = json.loads((out / "pretrain" / "metrics.json").read_text())

@@ -197,24 +197,34 @@ class SwiftSampler:
     @classmethod
     def drop_top(cls, q: float, feature_names, quantiles, features: Mapping[str, np.ndarray],
                  transform: Literal["cgf", "cdf"] = "cgf", segments: int = 4,
-                 grad_feature: str = "grad_proxy", sign: float = 1.0) -> SwiftSampler:
+                 grad_feature: str = "grad_proxy", sign: float = 1.0, band: float = 0.0) -> SwiftSampler:
         """The sampler of the family whose φ is a step dropping the top ``q`` of the first feature (weights
         (1, 0); values 1 below the step, 0 above it, a ramp of width 0.02 in T between): with ``loss`` first,
         the drop-top-loss rule. ``sign=-1`` puts weight −1 on it instead, so the step drops its *bottom* ``q``
-        (for a feature whose low values are suspect, like the margin). The search's initial points
-        (``search.init_steps``); needs ``segments`` ≥ 3."""
+        (for a feature whose low values are suspect, like the margin). With ``band`` b > 0 the ramp spans the
+        examples from the top q + b to the top q − b of the feature (a share of the examples, not of T), so those
+        nearest the cut are drawn at rates ordered by it. The search's initial points (``search.init_steps``,
+        ``search.init_band``); needs ``segments`` ≥ 3."""
         if segments < 3:
             raise ValueError(f"a step needs at least 3 segments, got {segments}")
         if sign not in (1.0, -1.0):
             raise ValueError(f"sign must be +1 or -1, got {sign}")
-        s_cut = 1.0 - q
+        if not 0 <= band < 0.5:
+            raise ValueError(f"band must be in [0, 0.5), got {band}")
         w0 = 1.0 if sign > 0 else 0.0  # θ of the first weight: w = 2θ − 1
         base = cls.from_theta(np.concatenate([uniform_theta(segments)[:-2], [w0, 0.5]]), feature_names, quantiles,
                               transform, grad_feature).fit(features)
-        t = s_cut if base.cgf_table is None else float(np.interp(s_cut, np.linspace(0, 1, CGF_BINS + 1),
-                                                                 base.cgf_table))
-        t = min(max(t, 0.02), 0.97)
-        inner = [t - 0.01, t + 0.01, *np.linspace(t + 0.01, 1.0, segments - 1)[1:-1]]
+
+        def t_of(s_cut: float) -> float:  # the T of the score quantile s_cut (s is the feature's percentile)
+            s_cut = min(max(s_cut, 0.0), 1.0)
+            return s_cut if base.cgf_table is None else float(np.interp(s_cut, np.linspace(0, 1, CGF_BINS + 1),
+                                                                        base.cgf_table))
+
+        t = min(max(t_of(1.0 - q), 0.02), 0.97)
+        lo, hi = t - 0.01, t + 0.01
+        if band > 0:
+            lo, hi = min(max(t_of(1.0 - q - band), 0.005), lo), max(min(t_of(1.0 - q + band), 0.985), hi)
+        inner = [lo, hi, *np.linspace(hi, 1.0, segments - 1)[1:-1]]
         values = [1.0, 1.0] + [0.0] * (segments - 1)
         theta = params_to_theta([0.0, *inner, 1.0], values, [sign, -0.0])
         return cls.from_theta(theta, feature_names, quantiles, transform, grad_feature).fit(features)

@@ -56,11 +56,11 @@ class SamplerSearch:
 
     def initial_points(self) -> list[np.ndarray]:
         """Uniform sampling, then the step samplers of ``search.init_steps`` (each drops the suspect end of the
-        first feature: its top, or its bottom for the margin ``aum``)."""
+        first feature: its top, or its bottom for the margin ``aum``; with an edge ``search.init_band`` wide)."""
         segments, transform = self.cfg.sampler.segments, self.cfg.sampler.transform
         sign = suspect_sign(self.names[0])
         steps = [SwiftSampler.drop_top(q, self.names, self.quantiles, self.feats, transform,  # type: ignore[arg-type]
-                                       segments, sign=sign).theta
+                                       segments, sign=sign, band=self.cfg.search.init_band).theta
                  for q in self.cfg.search.init_steps] if segments >= 3 else []
         return [uniform_theta(segments), *steps]
 

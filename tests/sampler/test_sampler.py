@@ -141,6 +141,29 @@ def test_step_drops_the_top_or_with_sign_minus_the_bottom(transform, sign):
     assert abs(dropped.mean() - 0.3) < 0.01 and step.weights[0] == sign and step.weights[1] == 0
 
 
+@pytest.mark.parametrize("transform", ["cgf", "cdf"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_banded_step_ramps_over_the_examples_nearest_its_cut(transform, sign):
+    feats = _data()
+    q = _quantiles(feats)
+    band = SwiftSampler.drop_top(0.3, NAMES, q, feats, transform, sign=sign, band=0.1)
+    p = band.probs(feats)
+    f = feats["loss"] if sign > 0 else -feats["loss"]
+    top = f > np.quantile(f, 0.8)  # the top 0.3 − 0.1: dropped
+    bottom = f < np.quantile(f, 0.6)  # below the top 0.3 + 0.1: kept at the full rate
+    mid = ~top & ~bottom
+    assert p[top].max() < 1e-3 * p.max() and np.allclose(p[bottom], p.max(), rtol=2e-3)
+    # inside the band the rate falls as the feature rises: the examples nearest the cut are ordered by it
+    order = np.argsort(f[mid])
+    assert np.all(np.diff(p[mid][order]) <= 1e-6 * p.max()) and p[mid].min() < 0.5 * p.max() < p[mid].max()
+    # band 0 is the plain step, bit for bit
+    plain = SwiftSampler.drop_top(0.3, NAMES, q, feats, transform, sign=sign)
+    np.testing.assert_array_equal(SwiftSampler.drop_top(0.3, NAMES, q, feats, transform, sign=sign, band=0.0).theta,
+                                  plain.theta)
+    with pytest.raises(ValueError, match="band"):
+        SwiftSampler.drop_top(0.3, NAMES, q, feats, transform, band=0.5)
+
+
 def test_the_margin_is_suspect_at_its_low_end():
     from swift_scale.features.dynamics import suspect_sign
 
