@@ -80,8 +80,9 @@ def run_seed(args, seed: int) -> list[dict]:
         if not (src / "features" / "meta.json").exists():
             sys.exit(f"--reuse {args.reuse}: {src} has no finished features phase")
         redo = ("features",) if any(o.startswith("features.") for o in args.overrides) else ()  # its config changed
+        # the later rounds start from round 1's final model: none of them is kept
         shutil.copytree(src, out, ignore=shutil.ignore_patterns("search", "sampler.json", "final", "report", "rules",
-                                                                 "summary.json", "*_final_*", *redo))
+                                                                 "summary.json", "*_final_*", "round[0-9]*", *redo))
         timings = json.loads((out / "seconds.json").read_text())  # only the copied phases' times stay
         (out / "seconds.json").write_text(json.dumps({k: v for k, v in timings.items()
                                                       if k in ("index", "pretrain", "features")
@@ -133,9 +134,10 @@ def final_mode(args, cfg, out: Path, mode: str, metric: str, scale) -> dict:
     from swift_scale.pipeline import Pipeline
 
     dst = out.parent / f"{out.name}_final_{mode}"
-    if not (dst / "summary.json").exists():
+    if not (dst / "summary.json").exists():  # a new round-1 final model: the later rounds are redone too
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(out, dst, ignore=shutil.ignore_patterns("final", "report", "summary.json", "rules"))
+        shutil.copytree(out, dst, ignore=shutil.ignore_patterns("final", "report", "summary.json", "rules",
+                                                                "round[0-9]*"))
     overrides = [f"run.out_dir={dst}", f"seed={cfg.seed}", "train.progress=false", *args.overrides,
                  f"train.final_mode={mode}", "run.allow_changed_config=true"]
     pipe = Pipeline(load_config(args.config, overrides))
