@@ -231,7 +231,7 @@ class SearchConfig:
     every trial runs ``finetune_epochs``."""
     eta: float = 3.0
     """Successive-halving rate: at a rung, a trial goes on when it is in the top 1/eta (needs eta earlier scores)."""
-    rounds: int = 8
+    rounds: int = 12
     """Sampler-learning rounds at most (1 = the paper's single round). Round r > 1 scores the features again with
     round r − 1's final model (its best-val checkpoint: a model trained under the learned sampler, which has not
     fitted the examples it starved), searches again on them and trains a new final model, in ``round<r>/`` (a

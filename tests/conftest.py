@@ -28,7 +28,7 @@ TINY = [
     "train.epochs=2", "train.batch_size=64", "train.cpu=true", "train.progress=false",
     "search.trials=3", "search.finetune_epochs=1", "search.n_init=1", "search.num_restarts=1",
     "search.raw_samples=16", "data.noise_rate=0.4", "model.name=swift_cnn",
-    "search.rounds=1",  # one round keeps the suite fast; the rounds have their own tests (the default is up to 8)
+    "search.rounds=1",  # one round keeps the suite fast; the rounds have their own tests (the default is up to 12)
 ]
 
 
