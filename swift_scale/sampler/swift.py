@@ -34,7 +34,7 @@ import numpy as np
 from swift_scale.io import atomic_write_json
 
 __all__ = ["SwiftSampler", "UNIFORM_THETA", "theta_to_params", "params_to_theta", "NUM_PARAMS", "num_params",
-           "uniform_theta", "KEPT_RATE", "kept_share"]
+           "uniform_theta", "KEPT_RATE", "kept_mask", "kept_share"]
 
 NUM_PARAMS = 10  # with the default S = 4 segments; in general 2S + 2
 _DELTA = 1e-4
@@ -49,11 +49,16 @@ SAMPLER_VERSION = 1
 KEPT_RATE = 0.1
 
 
+def kept_mask(p: np.ndarray) -> np.ndarray:
+    """Which examples sampling ∝ ``p`` (normalised, [N]) draws at ≥ :data:`KEPT_RATE` × the uniform rate (bool [N])."""
+    p = np.asarray(p, np.float64)
+    return p * len(p) >= KEPT_RATE
+
+
 def kept_share(p: np.ndarray) -> float:
     """The share of examples that sampling ∝ ``p`` (normalised, [N]) draws at ≥ :data:`KEPT_RATE` × the uniform
     rate: 1 for uniform, k for a step that keeps a fraction k of the examples."""
-    p = np.asarray(p, np.float64)
-    return float(np.mean(p * len(p) >= KEPT_RATE))
+    return float(np.mean(kept_mask(p)))
 
 
 def num_params(segments: int = 4) -> int:

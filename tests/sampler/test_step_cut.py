@@ -33,9 +33,15 @@ def test_the_best_cut_finds_the_share_that_separates():
     rng = np.random.default_rng(0)
     flagged = np.zeros(1000, bool)
     flagged[rng.choice(1000, 300, replace=False)] = True
-    s = np.where(flagged, 1.0, 0.0) + rng.uniform(0, 0.5, 1000)  # flagged all above every clean example
+    s = np.where(flagged, -1.0, 0.0) - rng.uniform(0, 0.5, 1000)  # oriented as φ: flagged all below every clean one
     cut = step_cut.best_cut(s, flagged)
     assert cut["balanced_accuracy"] == 1.0 and abs(cut["kept"] - 0.7) <= 0.005
-    overlap = np.where(flagged, 0.3, 0.0) + rng.uniform(0, 1, 1000)  # overlapping: no cut is perfect
+    overlap = np.where(flagged, -0.3, 0.0) - rng.uniform(0, 1, 1000)  # overlapping: no cut is perfect
     worse = step_cut.best_cut(overlap, flagged)
     assert 0.5 < worse["balanced_accuracy"] < 1.0
+
+
+def test_the_score_is_oriented_as_phi():
+    score = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_array_equal(step_cut.oriented(score, np.array([3.0, 2.0, 1.0])), -score)  # high s ↔ low p
+    np.testing.assert_array_equal(step_cut.oriented(score, np.array([1.0, 2.0, 3.0])), score)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from benchstats import mean_std
+from step_cut import best_cut, oriented
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,13 +61,11 @@ def ranking_auroc(score: np.ndarray, p: np.ndarray, noisy: np.ndarray) -> dict:
     its AUROC is its balanced accuracy ½(1 + TPR − FPR)): why a sharp φ caps the AUROC of 1 − p."""
     from swift_scale.report.metrics import noise_auroc
 
-    sign = -1.0 if np.corrcoef(score, p)[0, 1] < 0 else 1.0
-    s = sign * np.asarray(score, np.float64)  # low s ↔ low p
+    s = oriented(score, p)  # low s ↔ low p
     flagged = np.zeros(len(s), bool)
     flagged[noisy] = True
-    steps = [0.5 * (1 + (s[flagged] <= t).mean() - (s[~flagged] <= t).mean())
-             for t in np.quantile(s, np.linspace(0.01, 0.99, 99))]
-    return {"score_auroc": round(noise_auroc(s, noisy), 3), "best_step_auroc": round(float(max(steps)), 3)}
+    step = best_cut(s, flagged, np.linspace(0.01, 0.99, 99))["balanced_accuracy"]
+    return {"score_auroc": round(noise_auroc(s, noisy), 3), "best_step_auroc": round(step, 3)}
 
 
 def run_seed(args, seed: int) -> list[dict]:

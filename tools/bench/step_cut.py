@@ -32,25 +32,32 @@ ROOT = Path(__file__).resolve().parents[2]
 def step_stats(p: np.ndarray, flagged: np.ndarray) -> dict:
     """What sampling ∝ ``p`` keeps and starves of the ``flagged`` (flipped) and the other examples."""
     from swift_scale.report.metrics import noise_auroc
-    from swift_scale.sampler.swift import KEPT_RATE
+    from swift_scale.sampler.swift import kept_mask
 
     p = np.asarray(p, np.float64)
-    kept = p / p.sum() * len(p) >= KEPT_RATE
+    kept = kept_mask(p / p.sum())
     return {"kept": round(float(kept.mean()), 3), "flipped_starved": round(float((~kept[flagged]).mean()), 3),
             "clean_starved": round(float((~kept[~flagged]).mean()), 3),
             "auroc": round(noise_auroc(p, np.flatnonzero(flagged)), 4)}
 
 
+def oriented(score: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The aggregated score s oriented as φ is: low s ↔ low p (float64 [N])."""
+    sign = -1.0 if np.corrcoef(score, p)[0, 1] < 0 else 1.0
+    return sign * np.asarray(score, np.float64)
+
+
 def best_cut(s: np.ndarray, flagged: np.ndarray, shares: np.ndarray | None = None) -> dict:
-    """The cut keeping the examples of lowest ``s`` (a share in ``shares`` of them) with the best balanced
-    accuracy ½(1 + TPR − FPR) at finding ``flagged`` (the examples above the cut are the ones called flipped)."""
+    """Over the cuts at the quantiles ``shares`` of ``s`` (oriented: low s ↔ low p), the one whose examples at
+    or below it, called flipped, find ``flagged`` with the best balanced accuracy ½(1 + TPR − FPR); with the share
+    of the examples it keeps (those above it). Unrounded."""
     s = np.asarray(s, np.float64)
     shares = np.linspace(0.05, 0.95, 181) if shares is None else np.asarray(shares, np.float64)
     best = (-1.0, 0.0)
-    for share in shares:
-        above = s > np.quantile(s, share)
-        best = max(best, (0.5 * (1 + above[flagged].mean() - above[~flagged].mean()), float((~above).mean())))
-    return {"balanced_accuracy": round(best[0], 4), "kept": round(best[1], 3)}
+    for t in np.quantile(s, shares):
+        dropped = s <= t
+        best = max(best, (0.5 * (1 + dropped[flagged].mean() - dropped[~flagged].mean()), float(1 - dropped.mean())))
+    return {"balanced_accuracy": float(best[0]), "kept": best[1]}
 
 
 def round_dirs(run: Path) -> list[tuple[int, Path]]:
@@ -62,7 +69,7 @@ def round_dirs(run: Path) -> list[tuple[int, Path]]:
     return out
 
 
-def round_line(run: Path, r: int, d: Path, flagged: np.ndarray) -> dict:
+def round_line(run: Path, r: int, d: Path, flipped: list[int]) -> dict:
     from swift_scale.features.store import FeatureStore
     from swift_scale.sampler.swift import SwiftSampler
 
@@ -70,9 +77,9 @@ def round_line(run: Path, r: int, d: Path, flagged: np.ndarray) -> dict:
     feats = {n: np.ascontiguousarray(store.column(n)) for n in store.feature_names}
     chosen = SwiftSampler.load(d / "sampler.json")
     p = chosen.probs(feats)
-    s = np.asarray(chosen.score(feats), np.float64)
-    if np.corrcoef(s, p)[0, 1] > 0:  # orient s as φ: low s ↔ kept
-        s = -s
+    flagged = np.zeros(len(p), bool)
+    flagged[flipped] = True
+    cut = best_cut(oriented(chosen.score(feats), p), flagged)
     trials = []
     for line in (d / "search" / "history.jsonl").read_text().splitlines():
         t = json.loads(line)
@@ -84,7 +91,8 @@ def round_line(run: Path, r: int, d: Path, flagged: np.ndarray) -> dict:
         trials.append({"trial": t["trial"], "kept": st["kept"], "val": t["score"], "auroc": st["auroc"]})
     trials.sort(key=lambda t: (t["kept"], t["trial"]))
     return {"bench": "step_cut", "run": str(run), "round": r, "chosen": step_stats(p, flagged),
-            "chosen_trial": chosen.info.get("trial"), "best_cut": best_cut(s, flagged), "trials": trials}
+            "chosen_trial": chosen.info.get("trial"), "trials": trials,
+            "best_cut": {"balanced_accuracy": round(cut["balanced_accuracy"], 4), "kept": round(cut["kept"], 3)}}
 
 
 def main(argv=None) -> None:
@@ -100,12 +108,8 @@ def main(argv=None) -> None:
         rounds = round_dirs(run)
         if not rounds:
             sys.exit(f"{run}: no sampler.json; give the folder of a finished run")
-        from swift_scale.features.store import FeatureStore
-
-        flagged = np.zeros(FeatureStore(run / "features").num_examples, bool)
-        flagged[flipped] = True
         for r, d in rounds:
-            print(json.dumps(round_line(run, r, d, flagged)), flush=True)
+            print(json.dumps(round_line(run, r, d, flipped)), flush=True)
 
 
 if __name__ == "__main__":
